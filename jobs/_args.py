@@ -1,0 +1,213 @@
+"""Shared argument handling for every job: ``--config FILE`` (YAML or TOML) plus flag overrides.
+
+A config file is a flat mapping whose keys are the job's long flag names (``batch-size`` or
+``batch_size``; ``lambda`` for ``--lambda``). Its values become the parser's defaults, so any flag
+given on the command line wins. Unknown keys, values of the wrong type and values outside a
+flag's ``choices`` are errors that name the key; nothing is coerced silently (``epochs = 2.5``
+is an error, not ``2``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+__all__ = ["load_config_file", "new_parser", "parse_with_config"]
+
+_SKIPPED = (argparse._HelpAction, argparse._VersionAction)
+_FLAG_ACTIONS = (
+    argparse._StoreTrueAction,
+    argparse._StoreFalseAction,
+    argparse._StoreConstAction,
+    argparse._AppendConstAction,
+)
+
+
+def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """An argument parser that understands ``--config FILE``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML or TOML file whose keys are this job's flag names; flags given on the "
+        "command line override it",
+    )
+    return parser
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) mapping of flag names to values."""
+    if not path.is_file():
+        raise ValueError(f"--config: file {str(path)!r} does not exist")
+    text = path.read_text()
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+            data = {} if data is None else data
+        else:
+            raise ValueError(
+                f"--config: {str(path)!r} has suffix {suffix!r}; expected .yaml, .yml or .toml"
+            )
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"--config: {str(path)!r} is not valid {suffix[1:].upper()}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--config: {str(path)!r} must hold a mapping of flag names to values; "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def _flag_table(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Action, str]]:
+    """Accepted config key (long flag without dashes, ``-`` or ``_``) -> (action, option)."""
+    table: dict[str, tuple[argparse.Action, str]] = {}
+    for action in parser._actions:
+        if isinstance(action, _SKIPPED) or action.dest == "config":
+            continue
+        for option in action.option_strings:
+            if option.startswith("--"):
+                name = option[2:]
+                table[name] = (action, option)
+                table[name.replace("-", "_")] = (action, option)
+    return table
+
+
+def _type_name(kind: Callable[..., Any] | None) -> str:
+    if kind is None or kind is str:
+        return "a string"
+    if kind is int:
+        return "an integer"
+    if kind is float:
+        return "a number"
+    return f"a string accepted by {getattr(kind, '__name__', repr(kind))}"
+
+
+def _scalar(key: str, value: Any, action: argparse.Action) -> Any:
+    """One value for ``action``, checked against its ``type`` and ``choices``."""
+    kind = action.type
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is None or kind is str:
+        ok = isinstance(value, str)
+    else:
+        # a custom converter (Path, a parsing function): it gets the string a shell would pass
+        ok = isinstance(value, str)
+        if ok:
+            try:
+                kind(value)  # type: ignore[operator]
+            except (TypeError, ValueError, argparse.ArgumentTypeError):
+                ok = False
+    if not ok:
+        raise TypeError(
+            f"key {key!r} must be {_type_name(kind)}; got {type(value).__name__} {value!r}"
+        )
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"key {key!r} has value {value!r}; allowed: {list(action.choices)}")
+    return value
+
+
+def _config_value(key: str, value: Any, action: argparse.Action, option: str) -> Any:
+    """The namespace value that ``key: value`` from a config file stands for."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        if not isinstance(value, bool):
+            raise TypeError(f"key {key!r} must be true or false; got {type(value).__name__} {value!r}")
+        return value if not option.startswith("--no-") else not value
+    if isinstance(action, _FLAG_ACTIONS):
+        if not isinstance(value, bool):
+            raise TypeError(f"key {key!r} must be true or false; got {type(value).__name__} {value!r}")
+        if isinstance(action, argparse._AppendConstAction):
+            return [action.const] if value else action.default
+        return action.const if value else action.default
+    if isinstance(action, argparse._CountAction):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"key {key!r} must be a non-negative integer; got {value!r}")
+        return value
+    if value is None:
+        if action.default is None:
+            return None
+        raise TypeError(f"key {key!r} must be {_type_name(action.type)}; got null")
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+") or (
+        isinstance(action.nargs, int)
+    )
+    if many:
+        if not isinstance(value, list):
+            raise TypeError(
+                f"key {key!r} must be a list of {_type_name(action.type)[2:]}s; "
+                f"got {type(value).__name__} {value!r}"
+            )
+        if action.nargs == "+" and not value:
+            raise ValueError(f"key {key!r} must be a non-empty list")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise ValueError(f"key {key!r} must list exactly {action.nargs} values; got {value!r}")
+        return [_scalar(key, item, action) for item in value]
+    return _scalar(key, value, action)
+
+
+def _config_defaults(
+    parser: argparse.ArgumentParser, values: dict[str, Any]
+) -> dict[str, Any]:
+    """Map a config file's ``values`` to parser defaults (``dest -> value``), checking each."""
+    table = _flag_table(parser)
+    unknown = sorted(str(k) for k in values if k not in table)
+    if unknown:
+        known = sorted({option[2:] for _, option in table.values()})
+        raise ValueError(f"unknown key(s) {unknown}; known keys are the flag names: {known}")
+    defaults: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for key, value in values.items():
+        action, option = table[key]
+        if action.dest in source:
+            raise ValueError(f"keys {source[action.dest]!r} and {key!r} set the same flag")
+        source[action.dest] = key
+        converted = _config_value(key, value, action, option)
+        # a custom converter sees the raw string: argparse converts string defaults itself
+        defaults[action.dest] = converted
+    return defaults
+
+
+def parse_with_config(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config`` become defaults that explicit flags override."""
+    required = [a for a in parser._actions if a.required]
+    for action in required:  # find --config even when required flags are left to the file
+        action.required = False
+    try:
+        pre, _ = parser.parse_known_args(argv)
+    finally:
+        for action in required:
+            action.required = True
+    if pre.config is not None:
+
+        def fail(message: str) -> NoReturn:
+            parser.error(f"--config {str(pre.config)!r}: {message}")
+
+        try:
+            values = load_config_file(pre.config)
+        except ValueError as err:
+            parser.error(str(err))
+        try:
+            defaults = _config_defaults(parser, values)
+        except (TypeError, ValueError) as err:
+            fail(str(err))
+        for action in required:
+            if action.dest in defaults:
+                action.required = False
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)

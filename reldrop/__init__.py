@@ -1,0 +1,31 @@
+"""reldrop: Relevance-driven Input Dropout (Grüne et al. 2025, arXiv 2505.21595).
+
+The algorithm layer: pure torch + zennit, usable without Ray.
+"""
+
+from reldrop.augment import AugmentStats, RelDrop
+from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from reldrop.composites import COMPOSITES, make_composite
+from reldrop.models import MODELS, build_model
+from reldrop.normalization import Normalization
+from reldrop.occlusion import STRATEGIES, Occluder, OcclusionConfig, OcclusionResult
+from reldrop.relevance import attribution, relevance
+
+__all__ = [
+    "COMPOSITES",
+    "MODELS",
+    "STRATEGIES",
+    "AugmentStats",
+    "ModelSpec",
+    "Normalization",
+    "OcclusionConfig",
+    "OcclusionResult",
+    "Occluder",
+    "RelDrop",
+    "attribution",
+    "build_model",
+    "load_checkpoint",
+    "make_composite",
+    "relevance",
+    "save_checkpoint",
+]

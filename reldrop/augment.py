@@ -1,0 +1,97 @@
+"""In-loop ("sync") RelDrop for a plain PyTorch training loop (the paper's reference method).
+
+Relevance is computed on the live model for the samples chosen for occlusion only (each with
+probability ``p``), then the strategy occludes them::
+
+    reldrop = RelDrop(model, "reldrop-pixel", seed=0)
+    for x, y in loader:
+        x = reldrop(x, y).inputs          # eval-mode LRP, model mode restored
+        loss = F.cross_entropy(model(x), y)
+        ...
+
+The Ray pipeline's ``sync`` mode and every baseline use this same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from reldrop.composites import Bounds
+from reldrop.occlusion import Occluder, OcclusionConfig, OcclusionResult
+from reldrop.relevance import Target, relevance
+
+__all__ = ["AugmentStats", "RelDrop"]
+
+
+@dataclass
+class AugmentStats:
+    """Running counts: samples seen, occluded, relevance fallbacks, elements dropped."""
+
+    seen: int = 0
+    applied: int = 0
+    fallback: int = 0
+    dropped_fraction_sum: float = 0.0
+
+    def update(self, result: OcclusionResult) -> None:
+        self.seen += int(result.applied.numel())
+        self.applied += int(result.applied.sum())
+        self.fallback += int(result.fallback.sum())
+        per_sample = result.dropped.reshape(result.dropped.shape[0], -1).float().mean(dim=1)
+        self.dropped_fraction_sum += float(per_sample[result.applied].sum())
+
+    def as_dict(self) -> dict[str, float]:
+        mean_drop = self.dropped_fraction_sum / self.applied if self.applied else 0.0
+        return {
+            "seen": self.seen,
+            "applied": self.applied,
+            "fallback": self.fallback,
+            "mean_dropped_fraction": mean_drop,
+        }
+
+
+class RelDrop:
+    """Occlude a batch by its live model's LRP relevance (or by a random baseline strategy)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        occlusion: OcclusionConfig | str = "reldrop-pixel",
+        *,
+        composite: str = "reference",
+        target: Target = "label",
+        bounds: Bounds | None = None,
+        seed: int | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.model = model
+        self.occluder = Occluder(occlusion, **overrides)
+        self.composite = composite
+        self.target: Target = target
+        self.bounds = bounds
+        self.generator = torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.stats = AugmentStats()
+
+    def explain(self, inputs: torch.Tensor, targets: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
+        """Relevance for the ``applied`` rows (zeros elsewhere)."""
+        kind_shape = inputs.shape[2:] if inputs.ndim == 4 else inputs.shape[1:2]
+        rel = torch.zeros((inputs.shape[0], *kind_shape), device=inputs.device)
+        if applied.any():
+            idx = applied.to(inputs.device)
+            rel[idx] = relevance(
+                self.model, inputs[idx], targets[idx], composite=self.composite,
+                target=self.target, bounds=self.bounds,
+            )
+        return rel
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> OcclusionResult:
+        applied = self.occluder.select(inputs.shape[0], self.generator)
+        rel = self.explain(inputs, targets, applied) if self.occluder.needs_relevance else None
+        result = self.occluder(inputs, rel, applied=applied, generator=self.generator)
+        self.stats.update(result)
+        return result

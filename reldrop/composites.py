@@ -1,0 +1,104 @@
+"""LRP composites and canonizers, chosen by name.
+
+The ``reference`` composite follows the RelDrop reference code (Grüne et al. 2025,
+arXiv 2505.21595): Epsilon(1e-3) on convolutional and linear layers, Flat on the first layer,
+Pass on activations and BatchNorm. ``epsilon_plus_flat`` and ``epsilon_gamma_box`` are zennit's
+presets (Montavon et al. 2019; Kohlbrenner et al. 2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models import ResNet
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite
+from zennit.core import Composite
+from zennit.layer import Sum
+from zennit.rules import Epsilon, Flat, Norm, Pass
+from zennit.torchvision import ResNetCanonizer
+from zennit.types import Activation, AvgPool, BatchNorm, Convolution, Linear
+
+__all__ = [
+    "CANONIZERS",
+    "COMPOSITES",
+    "canonizers_for",
+    "make_composite",
+    "register_composite",
+]
+
+Bounds = tuple[torch.Tensor | float, torch.Tensor | float]
+CompositeFactory = Callable[[list[Canonizer], Bounds], Composite]
+
+#: name -> factory(canonizers, (low, high)) -> zennit Composite
+COMPOSITES: dict[str, CompositeFactory] = {}
+#: name -> factory() -> list of canonizers
+CANONIZERS: dict[str, Callable[[], list[Canonizer]]] = {
+    "resnet": lambda: [ResNetCanonizer()],
+    "sequential": lambda: [SequentialMergeBatchNorm()],
+    "none": lambda: [],
+}
+
+
+def register_composite(name: str) -> Callable[[CompositeFactory], CompositeFactory]:
+    """Register a composite factory under ``name`` (used by the CLI, configs and manifests)."""
+
+    def wrap(factory: CompositeFactory) -> CompositeFactory:
+        COMPOSITES[name] = factory
+        return factory
+
+    return wrap
+
+
+class _ReferenceComposite(SpecialFirstLayerMapComposite):
+    """Epsilon on conv/linear, Flat on the first layer, Pass on activations and BatchNorm."""
+
+    def __init__(self, epsilon: float = 1e-3, canonizers: list[Canonizer] | None = None) -> None:
+        layer_map = [
+            (Activation, Pass()),
+            (BatchNorm, Pass()),
+            (Sum, Norm()),
+            (AvgPool, Norm()),
+            (Convolution, Epsilon(epsilon=epsilon)),
+            (nn.Linear, Epsilon(epsilon=epsilon)),
+        ]
+        first_map = [(Linear, Flat())]
+        super().__init__(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+
+
+@register_composite("reference")
+def _reference(canonizers: list[Canonizer], bounds: Bounds) -> Composite:
+    return _ReferenceComposite(canonizers=canonizers)
+
+
+@register_composite("epsilon_plus_flat")
+def _epsilon_plus_flat(canonizers: list[Canonizer], bounds: Bounds) -> Composite:
+    return EpsilonPlusFlat(canonizers=canonizers)
+
+
+@register_composite("epsilon_gamma_box")
+def _epsilon_gamma_box(canonizers: list[Canonizer], bounds: Bounds) -> Composite:
+    low, high = bounds
+    return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
+
+
+def canonizers_for(model: nn.Module) -> list[Canonizer]:
+    """The canonizers for an architecture: ``model.canonizer`` names one, else it is inferred."""
+    name = getattr(model, "canonizer", None)
+    if name is None:
+        name = "resnet" if isinstance(model, ResNet) else "sequential"
+    if name not in CANONIZERS:
+        raise ValueError(f"model.canonizer is {name!r}; known canonizers: {sorted(CANONIZERS)}")
+    return CANONIZERS[name]()
+
+
+def make_composite(name: str, model: nn.Module, bounds: Bounds) -> Composite:
+    """A fresh composite ``name`` with the canonizers for ``model``.
+
+    ``bounds`` = (lowest, highest) input value, used by box rules (``epsilon_gamma_box``).
+    """
+    if name not in COMPOSITES:
+        raise ValueError(f"composite={name!r} is unknown; known composites: {sorted(COMPOSITES)}")
+    return COMPOSITES[name](canonizers_for(model), bounds)
