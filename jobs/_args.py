@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -85,7 +85,7 @@ def _flag_table(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.Act
     return table
 
 
-def _type_name(kind: Callable[..., Any] | None) -> str:
+def _type_name(kind: object) -> str:
     if kind is None or kind is str:
         return "a string"
     if kind is int:
@@ -106,7 +106,8 @@ def _scalar(key: str, value: Any, action: argparse.Action) -> Any:
     elif kind is None or kind is str:
         ok = isinstance(value, str)
     else:
-        # a custom converter (Path, a parsing function): it gets the string a shell would pass
+        # a custom converter (Path, a parsing function) gets the string a shell would pass;
+        # the raw string is kept because argparse converts string defaults itself
         ok = isinstance(value, str)
         if ok:
             try:
@@ -148,7 +149,7 @@ def _config_value(key: str, value: Any, action: argparse.Action, option: str) ->
     if many:
         if not isinstance(value, list):
             raise TypeError(
-                f"key {key!r} must be a list of {_type_name(action.type)[2:]}s; "
+                f"key {key!r} must be a list, each item {_type_name(action.type)}; "
                 f"got {type(value).__name__} {value!r}"
             )
         if action.nargs == "+" and not value:
@@ -175,9 +176,7 @@ def _config_defaults(
         if action.dest in source:
             raise ValueError(f"keys {source[action.dest]!r} and {key!r} set the same flag")
         source[action.dest] = key
-        converted = _config_value(key, value, action, option)
-        # a custom converter sees the raw string: argparse converts string defaults itself
-        defaults[action.dest] = converted
+        defaults[action.dest] = _config_value(key, value, action, option)
     return defaults
 
 

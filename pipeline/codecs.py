@@ -86,8 +86,8 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def encode_sample(sample: Mapping[str, Any]) -> dict[str, bytes]:
-    """Tar entries (extension -> bytes, plus ``__key__``) for a decoded ``sample``.
+def encode_sample(sample: Mapping[str, Any]) -> dict[str, bytes | str]:
+    """Tar entries (extension -> bytes, plus ``__key__`` -> str) for a decoded ``sample``.
 
     Images with 1 or 3 channels become ``png``, others ``npy``; point clouds ``points.npy``;
     masks with values 0/1 ``mask.png`` (images) or ``mask.npy`` (points).
@@ -96,7 +96,7 @@ def encode_sample(sample: Mapping[str, Any]) -> dict[str, bytes]:
     label = sample.get("label")
     if isinstance(label, bool) or not isinstance(label, int | np.integer) or label < 0:
         raise ValueError(f"sample {key!r}: label must be an int >= 0; got {label!r}")
-    out: dict[str, Any] = {"__key__": key, "cls": str(int(label)).encode()}
+    out: dict[str, bytes | str] = {"__key__": key, "cls": str(int(label)).encode()}
     image, points = sample.get("image"), sample.get("points")
     if (image is None) == (points is None):
         raise ValueError(f"sample {key!r}: give exactly one of 'image' or 'points'")

@@ -129,9 +129,10 @@ class ShardWriter:
     def write(self, sample: Mapping[str, Any]) -> None:
         """Encode and append one decoded sample (see :mod:`pipeline.codecs`)."""
         entries = encode_sample(sample)
-        if entries["__key__"] in self._keys:
-            raise ValueError(f"split {self.split!r}: duplicate sample key {entries['__key__']!r}")
-        self._keys.add(entries["__key__"])
+        key = str(entries["__key__"])
+        if key in self._keys:
+            raise ValueError(f"split {self.split!r}: duplicate sample key {key!r}")
+        self._keys.add(key)
         if self._tar is None:
             self._open()
         assert self._tar is not None
@@ -255,6 +256,19 @@ class SkipReport:
         )
 
 
+def _with_last(items: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bool]]:
+    """``(item, is_last)`` pairs, one item of look-ahead."""
+    iterator = iter(items)
+    try:
+        previous = next(iterator)
+    except StopIteration:
+        return
+    for item in iterator:
+        yield previous, False
+        previous = item
+    yield previous, True
+
+
 def _open_shard(info: ShardInfo, url: str, verify: bool) -> Any:
     fs, path = resolve(url)
     if not fs.exists(path):
@@ -276,9 +290,13 @@ def _read_shard(
         stream = _open_shard(info, url, verify)
         try:
             raw_samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-            for raw in raw_samples:
+            for raw, is_last in _with_last(raw_samples):
                 seen += 1
                 key = str(raw["__key__"])
+                if is_last and seen != info.num_samples:
+                    # tarfile ends quietly at a truncated header: judge the shard before its
+                    # possibly partial last sample
+                    break
                 try:
                     sample = decode_sample(
                         raw, url=url, key=key,
@@ -302,10 +320,12 @@ def _read_shard(
             raise
         report.add(url, None, f"shard error after {seen} samples")
     except Exception as err:  # tarfile/OS errors from a truncated or corrupt tar
+        # webdataset appends (stream, url) to err.args; keep only the message
+        what = f"{type(err).__name__}: {err.args[0] if err.args else ''}"
         if on_error == "raise":
             after = f" after sample {key!r}" if key else ""
-            raise ShardError(url, f"cannot read tar{after}: {type(err).__name__}: {err}") from err
-        report.add(url, None, f"unreadable tar after {seen} samples: {type(err).__name__}: {err}")
+            raise ShardError(url, f"truncated or corrupt tar{after} ({what})") from err
+        report.add(url, None, f"unreadable tar after {seen} samples ({what})")
 
 
 def iter_samples(

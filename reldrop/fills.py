@@ -45,7 +45,8 @@ def _noise(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> 
 def _blur(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
     if x.ndim != 4:
         raise ValueError("fill='blur' needs images N x C x H x W")
-    kernel = 2 * int(round(3 * params.blur_sigma)) + 1
+    # +-3 sigma, capped so the reflect padding fits images smaller than that (e.g. 8 x 8 digits)
+    kernel = 2 * min(int(round(3 * params.blur_sigma)), min(x.shape[2], x.shape[3]) - 1) + 1
     return gaussian_blur(x, [kernel, kernel], [params.blur_sigma, params.blur_sigma])
 
 

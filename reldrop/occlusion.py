@@ -265,16 +265,15 @@ class Occluder:
             return torch.zeros(n, dtype=torch.bool)
         return _uniform((n,), generator) < self.config.p
 
-    def __call__(
+    def drop_mask(
         self,
         inputs: torch.Tensor,
         relevance: torch.Tensor | None = None,
         *,
         applied: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
-    ) -> OcclusionResult:
-        """Occlude ``inputs``; ``relevance`` (N x H x W or N x P) is needed by RelDrop variants
-        for the rows in ``applied`` (other rows are ignored)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which elements to drop (bool N x H x W or N x P) and which samples fell back."""
         from reldrop.relevance import check_inputs  # noqa: PLC0415 (avoid a cycle at import)
 
         kind = check_inputs(inputs)
@@ -297,7 +296,30 @@ class Occluder:
                     f"got {got}"
                 )
         dropped, fallback = self._strategy.fn(inputs, relevance, applied, self.config, generator)
-        dropped = dropped.to(inputs.device)
+        return dropped.to(inputs.device), fallback
+
+    def fill(
+        self,
+        inputs: torch.Tensor,
+        dropped: torch.Tensor,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Replace the ``dropped`` elements of ``inputs`` with this strategy's fill."""
         assert self.config.fill is not None
-        out = apply_fill(inputs, dropped, self.config.fill, self._fill, generator)
+        return apply_fill(inputs, dropped.to(inputs.device), self.config.fill, self._fill, generator)
+
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        relevance: torch.Tensor | None = None,
+        *,
+        applied: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> OcclusionResult:
+        """Occlude ``inputs``; ``relevance`` (N x H x W or N x P) is needed by RelDrop variants
+        for the rows in ``applied`` (other rows are ignored)."""
+        if applied is None:
+            applied = self.select(inputs.shape[0], generator)
+        dropped, fallback = self.drop_mask(inputs, relevance, applied=applied, generator=generator)
+        out = self.fill(inputs, dropped, generator)
         return OcclusionResult(out, dropped, applied.to(inputs.device), fallback)

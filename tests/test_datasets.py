@@ -1,0 +1,158 @@
+"""Dataset builders: DecoyMNIST's shortcut, masks and determinism; the other builders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.datasets import BuildOptions, available_datasets, ensure_dataset, get_source
+from pipeline.datasets.mnist import SWATCH, decoy_shade
+from pipeline.manifest import read_manifest
+from pipeline.shards import iter_samples
+
+
+def _split(name: str, split: str, **options) -> list[dict]:
+    source = get_source(name, BuildOptions(**options))
+    return list(source.splits[split]())
+
+
+def _swatch(image: np.ndarray) -> tuple[int, tuple[slice, slice]] | None:
+    """(shade, region) of the constant non-zero 4x4 corner, or None."""
+    h, w = image.shape
+    for rows in (slice(0, SWATCH), slice(h - SWATCH, h)):
+        for cols in (slice(0, SWATCH), slice(w - SWATCH, w)):
+            patch = image[rows, cols]
+            if patch.min() == patch.max() > 0:
+                return int(patch[0, 0]), (rows, cols)
+    return None
+
+
+@pytest.fixture(scope="module")
+def decoy() -> dict[str, list[dict]]:
+    source = get_source("decoy-mnist", BuildOptions(seed=1, limit=600))
+    return {split: list(make()) for split, make in source.splits.items()}
+
+
+def test_registry() -> None:
+    assert {"decoy-mnist", "mnist", "digits", "points", "npz:PATH", "folder:PATH"} <= set(
+        available_datasets()
+    )
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; available"):
+        get_source("cifar", BuildOptions())
+    with pytest.raises(ValueError, match="needs a path"):
+        get_source("npz", BuildOptions())
+
+
+def test_decoy_train_shade_predicts_label(decoy) -> None:
+    train = decoy["train"]
+    assert len(train) == 480 and len(decoy["test"]) == len(decoy["test-clean"]) == 120
+    for sample in train:
+        image = sample["image"]
+        assert image.dtype == np.uint8 and image.shape == (1, 28, 28)
+        found = _swatch(image[0])
+        assert found is not None and found[0] == decoy_shade(sample["label"])
+
+
+def test_decoy_test_shade_independent_of_label(decoy) -> None:
+    labels, shades = [], []
+    for sample in decoy["test"]:
+        found = _swatch(sample["image"][0])
+        assert found is not None
+        labels.append(sample["label"])
+        shades.append((255 - found[0]) // 25)
+    labels_a, shades_a = np.array(labels), np.array(shades)
+    assert np.mean(labels_a == shades_a) < 0.3  # chance is 0.1; train would be 1.0
+    scipy_stats = pytest.importorskip("scipy.stats")
+    table = np.zeros((10, 10))
+    np.add.at(table, (labels_a, shades_a), 1)
+    table = table[table.sum(1) > 0][:, table.sum(0) > 0]
+    assert scipy_stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_decoy_masks_cover_digit_not_swatch(decoy) -> None:
+    for split in ("train", "test", "test-clean"):
+        for sample, clean in zip(decoy[split], decoy["test-clean"] if split != "train" else
+                                 decoy["train"], strict=False):
+            image, mask = sample["image"][0], sample["mask"]
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+            found = _swatch(image)
+            if split == "test-clean":
+                assert found is None
+            else:
+                assert found is not None and mask[found[1]].sum() == 0
+                digit = image.copy()
+                digit[found[1]] = 0
+                assert np.all(mask[digit > 32] == 1)  # every bright digit pixel is masked
+            assert mask.sum() > 20
+
+
+def test_decoy_deterministic_per_seed() -> None:
+    a = _split("decoy-mnist", "test", seed=5, limit=50)
+    b = _split("decoy-mnist", "test", seed=5, limit=50)
+    c = _split("decoy-mnist", "test", seed=6, limit=50)
+    assert [s["key"] for s in a] == [s["key"] for s in b]
+    assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, b, strict=True))
+    assert [s["key"] for s in a] != [s["key"] for s in c]
+
+
+def test_decoy_32px() -> None:
+    sample = _split("decoy-mnist", "train", limit=10, image_size=32)[0]
+    assert sample["image"].shape == (1, 32, 32) and sample["mask"].shape == (32, 32)
+    assert _swatch(sample["image"][0]) is not None
+    with pytest.raises(ValueError, match="28 or 32"):
+        get_source("decoy-mnist", BuildOptions(image_size=30))
+
+
+def test_mnist_digits_points() -> None:
+    mnist = _split("mnist", "train", limit=20)
+    assert len(mnist) == 16 and _swatch(mnist[0]["image"][0]) is None
+    digits = _split("digits", "test", limit=20)
+    assert len(digits) == 4 and digits[0]["image"].shape == (1, 8, 8)
+    assert _split("digits", "train", limit=20, image_size=16)[0]["image"].shape == (1, 16, 16)
+    points = _split("points", "train", limit=25, num_points=64)
+    assert len(points) == 20 and points[0]["points"].shape == (64, 3)
+    assert points[0]["points"].dtype == np.float32
+    assert {p["label"] for p in points} <= set(range(5))
+
+
+@pytest.mark.parametrize("layout", ["NHW", "NCHW", "NHWC"])
+def test_npz(tmp_path: Path, layout: str) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (10, 6, 6), dtype=np.uint8)
+    arr = {"NHW": x, "NCHW": x[:, None], "NHWC": x[..., None]}[layout]
+    np.savez(tmp_path / "d.npz", x=arr, y=np.arange(10) % 2, mask=(x > 128).astype(np.uint8))
+    source = get_source(f"npz:{tmp_path / 'd.npz'}", BuildOptions(seed=0))
+    train = list(source.splits["train"]())
+    assert source.num_classes == 2 and len(train) == 8
+    assert train[0]["image"].shape == (1, 6, 6) and train[0]["mask"].shape == (6, 6)
+    np.savez(tmp_path / "bad.npz", x=x.astype(np.float32), y=np.arange(10))
+    with pytest.raises(ValueError, match="uint8"):
+        get_source(f"npz:{tmp_path / 'bad.npz'}", BuildOptions())
+
+
+def test_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.new("RGB", (7, 5), (i * 40, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    source = get_source(f"folder:{tmp_path}", BuildOptions())
+    assert source.class_names == ("cat", "dog")
+    train = list(source.splits["train"]())
+    assert len(train) == 8 and train[0]["image"].shape == (3, 5, 7)
+
+
+def test_ensure_dataset_builds_once(tmp_path: Path) -> None:
+    root = str(tmp_path / "cache")
+    assert ensure_dataset("digits", root, limit=30, shard_size=10) == root
+    manifest = read_manifest(root)
+    before = (tmp_path / "cache" / "manifest.parquet").stat().st_mtime_ns
+    ensure_dataset("digits", root, limit=30, shard_size=10)
+    assert (tmp_path / "cache" / "manifest.parquet").stat().st_mtime_ns == before
+    assert manifest.num_samples("train") + manifest.num_samples("test") == 30
+    assert len(list(iter_samples(root, "train"))) == 24
+    with pytest.raises(ValueError, match="holds a dataset built with"):
+        ensure_dataset("digits", root, limit=31)

@@ -1,0 +1,330 @@
+"""Regularizers against slow literal re-implementations, and their effect on a toy shortcut task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reldrop.models import build_model
+from reldrop.regularizers import (
+    REGULARIZERS,
+    RegularizedLoss,
+    lrp_heatmap,
+    make_regularizer,
+    mask_inputs,
+    shuffle_outside,
+)
+
+K = 3
+
+
+class TinyNet(nn.Module):
+    """conv -> ReLU -> linear -> ReLU (embed) -> head; optional BatchNorm after the conv."""
+
+    def __init__(self, *, bn: bool = False, size: int = 5) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(2, 3, 3, padding=1)]
+        if bn:
+            layers.append(nn.BatchNorm2d(3))
+        layers += [nn.ReLU(), nn.Flatten(), nn.Linear(3 * size * size, 6), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(6, K)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _batch(n: int = 4, size: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, size, size, generator=g)
+    t = torch.randint(0, K, (n,), generator=g)
+    m = torch.rand(n, size, size, generator=g) > 0.5
+    return x, t, m
+
+
+def _grads(loss: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
+    params = list(model.parameters())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    for ga, gb in zip(a, b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def _pixel_sum(fn, s: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """sum over channels and pixels of fn(s[c, h, w] * o[h, w]), one element at a time."""
+    total = torch.zeros(())
+    for c in range(s.shape[0]):
+        for h in range(s.shape[1]):
+            for w in range(s.shape[2]):
+                total = total + fn(s[c, h, w] * o[h, w])
+    return total
+
+
+def _literal_input_grad_loss(model, x, t, m, lam, score, fn):
+    ces, pens = [], []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        yi = model(xi)
+        (s,) = torch.autograd.grad(score(yi, t[i]), xi, create_graph=True)
+        ces.append(F.cross_entropy(yi, t[i : i + 1]))
+        pens.append(_pixel_sum(fn, s[0], 1 - m[i].float()))
+    ce, pen = torch.stack(ces).mean(), torch.stack(pens).mean()
+    return ce + lam * pen, pen
+
+
+@pytest.mark.parametrize("name", ["gradmask", "rrr"])
+def test_input_gradient_losses_match_literal(name: str) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, t, m = _batch()
+    reg = make_regularizer(name, lam=0.3)
+    out = reg(model, x, t, m)
+    assert isinstance(out, RegularizedLoss)
+    if name == "gradmask":
+        score = lambda y, ti: y[0, ti]  # noqa: E731
+        fn = torch.abs
+    else:
+        score = lambda y, ti: F.log_softmax(y, dim=1).sum()  # noqa: E731
+        fn = torch.square
+    loss, pen = _literal_input_grad_loss(model, x, t, m, 0.3, score, fn)
+    torch.testing.assert_close(out.penalty, pen)
+    torch.testing.assert_close(out.loss, loss)
+    _close(_grads(out.loss, model), _grads(loss, model))
+
+
+def test_shuffle_outside_permutes_only_outside() -> None:
+    x, _, m = _batch(n=3, size=6)
+    y = shuffle_outside(x, m, torch.Generator().manual_seed(1))
+    assert torch.equal(y[m.unsqueeze(1).expand_as(x)], x[m.unsqueeze(1).expand_as(x)])
+    changed = False
+    for i in range(3):
+        out = ~m[i]
+        before = x[i][:, out]  # C x (number outside); columns move together across channels
+        after = y[i][:, out]
+        key = lambda cols: sorted(map(tuple, cols.T.tolist()))  # noqa: E731
+        assert key(before) == key(after)
+        changed |= not torch.equal(before, after)
+    assert changed
+
+
+def test_actdiff_matches_literal() -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, t, m = _batch()
+    out = make_regularizer("actdiff", lam=0.5, seed=7)(model, x, t, m)
+    x_tilde = shuffle_outside(x, m, torch.Generator().manual_seed(7))
+    ces, dists = [], []
+    for i in range(x.shape[0]):
+        h, h2 = model.embed(x[i : i + 1])[0], model.embed(x_tilde[i : i + 1])[0]
+        ces.append(F.cross_entropy(model.head(h)[None], t[i : i + 1]))
+        dists.append(torch.sqrt(sum((h[j] - h2[j]) ** 2 for j in range(h.shape[0]))))
+    loss = torch.stack(ces).mean() + 0.5 * torch.stack(dists).mean()
+    torch.testing.assert_close(out.loss, loss)
+    _close(_grads(out.loss, model), _grads(loss, model))
+
+
+def _literal_lrp(model: TinyNet, x: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
+    """Layer by layer LRP-epsilon (LRP-0 at the output), BatchNorm merged with the (detached)
+    batch statistics, one sample at a time."""
+    conv, bn, lin = model.features[0], model.features[1], model.features[4]
+    with torch.no_grad():
+        pre = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        mean, var = pre.mean(dim=(0, 2, 3)), pre.var(dim=(0, 2, 3), unbiased=False)
+    scale = bn.weight / torch.sqrt(var + bn.eps)
+    w1 = conv.weight * scale.view(-1, 1, 1, 1)
+    b1 = (conv.bias - mean) * scale + bn.bias
+    maps = []
+    for i in range(x.shape[0]):
+        a0 = x[i : i + 1]
+        z1 = F.conv2d(a0, w1, b1, padding=1)
+        a1 = z1.clamp(min=0).flatten(1)
+        z2 = a1 @ lin.weight.T + lin.bias
+        a2 = z2.clamp(min=0)
+        r2 = a2 * model.head.weight[t[i]]  # LRP-0 at the output: R_j = a_j w_jt
+        r1 = a1 * ((r2 / (z2 + eps * torch.where(z2 >= 0, 1.0, -1.0))) @ lin.weight)
+        s1 = r1.view_as(z1) / (z1 + eps * torch.where(z1 >= 0, 1.0, -1.0))
+        r0 = a0 * F.conv_transpose2d(s1, w1, padding=1)
+        maps.append(r0.sum(dim=1)[0])
+    return torch.stack(maps)
+
+
+def _literal_isnet_penalty(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    E, A, B, C1, C2, d = 1.0, 1.0, 1.0, 1.0, 25.0, 0.9
+    losses = []
+    for i in range(r.shape[0]):
+        cells = [(abs(r[i, h, w]), float(m[i, h, w])) for h in range(r.shape[1])
+                 for w in range(r.shape[2])]
+        inside = [v for v, mm in cells if mm]
+        roi_mean = sum(inside) / len(inside)
+        bkg = sorted([v / roi_mean * (1 - mm) for v, mm in cells], key=float, reverse=True)
+        weights = [d**k for k in range(len(bkg))]
+        b = sum(w * v for w, v in zip(weights, bkg)) / sum(weights)
+        fg = sum(inside)
+        low = torch.clamp(C1 - fg, min=0) ** 2 / C1**2
+        high = torch.clamp(fg - C2, min=0) ** 2 / C2**2
+        losses.append(A * torch.log(1 + b / E) + B * (low + high))
+    return torch.stack(losses).mean()
+
+
+def test_lrp_heatmap_matches_literal_lrp_epsilon_with_bn() -> None:
+    torch.manual_seed(0)
+    model = TinyNet(bn=True)
+    with torch.no_grad():
+        model.features[1].weight.uniform_(0.5, 2)
+        model.features[1].bias.uniform_(-0.3, 0.3)
+    x, t, _ = _batch(n=5)
+    running = model.features[1].running_mean.clone()
+    heat, _ = lrp_heatmap(model, x, t, eps=0.05)
+    assert torch.equal(model.features[1].running_mean, running)  # no running-stat update
+    assert model.features[2].inplace is False and model.training
+    torch.testing.assert_close(heat, _literal_lrp(model, x, t, 0.05))
+    # differentiable w.r.t. every parameter, including the head's
+    _close(_grads(heat.abs().sum(), model), _grads(_literal_lrp(model, x, t, 0.05).abs().sum(),
+                                                   model))
+
+
+def test_isnet_matches_literal() -> None:
+    torch.manual_seed(1)
+    model = TinyNet(bn=True)
+    x, t, m = _batch(n=4)
+    out = make_regularizer("isnet")(model, x, t, m)
+    heat = _literal_lrp(model, x, t, 1e-2)
+    pen = _literal_isnet_penalty(heat, m)
+    ce = F.cross_entropy(model(x), t)
+    loss = 0.3 * ce + 0.7 * pen
+    torch.testing.assert_close(out.penalty, pen)
+    torch.testing.assert_close(out.loss, loss)
+    _close(_grads(out.loss, model), _grads(loss, model))
+
+
+def test_zennit_composite_path_gives_no_gradient_to_the_head() -> None:
+    """Why isnet does not use reldrop.relevance.attribution: zennit's rules use param.data."""
+    from reldrop.relevance import attribution
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(50, 6), nn.ReLU(), nn.Linear(6, K))
+    x, t, _ = _batch()
+    attr, _ = attribution(model, x, t, create_graph=True)
+    grads = torch.autograd.grad(attr.abs().sum(), list(model.parameters()), allow_unused=True)
+    assert grads[-1] is None and grads[-2] is None
+
+
+def test_classify_masked_and_none() -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, t, m = _batch()
+    out = make_regularizer("classify-masked")(model, x, t, m)
+    xm = torch.where(m.unsqueeze(1), x, torch.zeros(()))
+    torch.testing.assert_close(mask_inputs(x, m), xm)
+    torch.testing.assert_close(out.loss, F.cross_entropy(model(xm), t))
+    plain = make_regularizer("none")(model, x, t, None)
+    torch.testing.assert_close(plain.loss, F.cross_entropy(model(x), t))
+    assert float(plain.penalty) == 0.0
+
+
+def test_registry_and_errors() -> None:
+    assert set(REGULARIZERS) == {"none", "gradmask", "rrr", "actdiff", "isnet", "classify-masked"}
+    x, t, _ = _batch()
+    for name, cls in REGULARIZERS.items():
+        assert cls.requires_masks == (name != "none")
+        if cls.requires_masks:
+            with pytest.raises(ValueError, match=f"'{name}'.*mask"):
+                make_regularizer(name)(TinyNet(), x, t, None)
+    with pytest.raises(ValueError, match="unknown"):
+        make_regularizer("nope")
+    with pytest.raises(ValueError, match="lam"):
+        make_regularizer("gradmask", lam=-1.0)
+    with pytest.raises(ValueError, match="P"):
+        make_regularizer("isnet", lam=1.5)
+    with pytest.raises(TypeError, match="gradmask"):
+        make_regularizer("gradmask", bogus=1)
+    with pytest.warns(UserWarning, match="ignored"):
+        make_regularizer("none", lam=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        make_regularizer("gradmask")(TinyNet(), x, t, torch.ones(4, 3, 3))
+    assert make_regularizer("rrr").lam == REGULARIZERS["rrr"].default_lambda
+
+
+def test_regularizers_run_on_real_models() -> None:
+    torch.manual_seed(0)
+    model = build_model("small-cnn", in_channels=1, num_classes=10)
+    model.train()
+    x = torch.randn(4, 1, 12, 12)
+    t = torch.tensor([0, 1, 2, 3])
+    m = torch.zeros(4, 12, 12, dtype=torch.uint8)
+    m[:, 3:9, 3:9] = 1
+    for name in REGULARIZERS:
+        out = make_regularizer(name)(model, x, t, m)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and out.logits.shape == (4, 10)
+        assert all(p.grad is not None for p in model.parameters())
+        model.zero_grad()
+
+
+# --- toy shortcut task -------------------------------------------------------------------------
+
+SIZE = 8
+
+
+def _toy(n: int, seed: int):
+    """Class sign in a faint 4 x 4 centre (the mask) and, perfectly, in a bright corner."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    s = (2 * y - 1).float().view(n, 1, 1)
+    x = 0.5 * torch.randn(n, SIZE, SIZE, generator=g)
+    x[:, 2:6, 2:6] += 0.5 * s
+    x[:, 0:2, 0:2] = 2.0 * s
+    m = torch.zeros(n, SIZE, SIZE)
+    m[:, 2:6, 2:6] = 1
+    return x.unsqueeze(1), y, m
+
+
+class _MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 16), nn.ReLU())
+        self.head = nn.Linear(16, 2)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _share_inside(model: nn.Module, x, y, m) -> float:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).gather(1, y.view(-1, 1)).sum(), x)
+    g = g.abs().sum(dim=1)
+    return float((g * m).sum() / g.sum())
+
+
+def _train(name: str, lam: float | None, steps: int = 250) -> float:
+    torch.manual_seed(0)
+    model = _MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    reg = make_regularizer(name, lam=lam) if name != "none" else make_regularizer("none")
+    x, y, m = _toy(256, seed=0)
+    for step in range(steps):
+        idx = torch.arange(step * 64, step * 64 + 64) % 256
+        out = reg(model, x[idx], y[idx], m[idx])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return _share_inside(model, *_toy(128, seed=1))
+
+
+def test_regularizers_move_gradients_into_the_mask() -> None:
+    baseline = _train("none", None)
+    lams = {"gradmask": 1.0, "rrr": 10.0, "actdiff": 1.0, "isnet": None, "classify-masked": None}
+    shares = {name: _train(name, lam) for name, lam in lams.items()}
+    for name, share in shares.items():
+        assert share > baseline + 0.15, (name, share, baseline)
