@@ -62,7 +62,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
                 f"--config: {str(path)!r} has suffix {suffix!r}; expected .yaml, .yml or .toml"
             )
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"--config: {str(path)!r} is not valid {suffix[1:].upper()}: {err}") from err
+        raise ValueError(
+            f"--config: {str(path)!r} is not valid {suffix[1:].upper()}: {err}"
+        ) from err
     if not isinstance(data, dict):
         raise ValueError(
             f"--config: {str(path)!r} must hold a mapping of flag names to values; "
@@ -127,11 +129,15 @@ def _config_value(key: str, value: Any, action: argparse.Action, option: str) ->
     """The namespace value that ``key: value`` from a config file stands for."""
     if isinstance(action, argparse.BooleanOptionalAction):
         if not isinstance(value, bool):
-            raise TypeError(f"key {key!r} must be true or false; got {type(value).__name__} {value!r}")
+            raise TypeError(
+                f"key {key!r} must be true or false; got {type(value).__name__} {value!r}"
+            )
         return value if not option.startswith("--no-") else not value
     if isinstance(action, _FLAG_ACTIONS):
         if not isinstance(value, bool):
-            raise TypeError(f"key {key!r} must be true or false; got {type(value).__name__} {value!r}")
+            raise TypeError(
+                f"key {key!r} must be true or false; got {type(value).__name__} {value!r}"
+            )
         if isinstance(action, argparse._AppendConstAction):
             return [action.const] if value else action.default
         return action.const if value else action.default
@@ -143,8 +149,10 @@ def _config_value(key: str, value: Any, action: argparse.Action, option: str) ->
         if action.default is None:
             return None
         raise TypeError(f"key {key!r} must be {_type_name(action.type)}; got null")
-    many = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+") or (
-        isinstance(action.nargs, int)
+    many = (
+        isinstance(action, argparse._AppendAction)
+        or action.nargs in ("*", "+")
+        or (isinstance(action.nargs, int))
     )
     if many:
         if not isinstance(value, list):
@@ -160,9 +168,7 @@ def _config_value(key: str, value: Any, action: argparse.Action, option: str) ->
     return _scalar(key, value, action)
 
 
-def _config_defaults(
-    parser: argparse.ArgumentParser, values: dict[str, Any]
-) -> dict[str, Any]:
+def _config_defaults(parser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
     """Map a config file's ``values`` to parser defaults (``dest -> value``), checking each."""
     table = _flag_table(parser)
     unknown = sorted(str(k) for k in values if k not in table)

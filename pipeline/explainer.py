@@ -60,6 +60,11 @@ class ExplainerStage:
         self.gate_waits_s = 0.0
         self.gate_timeouts = 0
         self.batches = 0
+        self.explained = 0  # rows sent through LRP
+        self.relevance_calls = 0
+        self.relevance_s = 0.0  # time inside relevance()
+        self.busy_s = 0.0  # time inside __call__, gate waits included
+        self.started = time.perf_counter()
         if config.use_model:
             from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415 (imports ray)
 
@@ -76,8 +81,8 @@ class ExplainerStage:
         import ray  # noqa: PLC0415
 
         ctx = ray.get_runtime_context()
-        handle = ctx.current_actor
-        self.store.tell("register_explainer", ctx.get_actor_id(), handle)
+        if ctx.get_actor_id() is not None:  # also usable in-process (tests, benchmarks)
+            self.store.tell("register_explainer", ctx.get_actor_id(), ctx.current_actor)
 
     def _refresh(self, wait_s: float = 0.0) -> None:
         """Load newer published weights, if any (waiting up to ``wait_s`` for the first)."""
@@ -121,13 +126,28 @@ class ExplainerStage:
             assert self.model is not None
             idx = applied
             targets = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))[idx]
+            start = time.perf_counter()
             rel[idx] = relevance(
                 self.model, x[idx].to(self.device), targets.to(self.device),
                 composite=self.config.composite, bounds=self.spec.normalization.bounds(),
             ).cpu()
+            self.relevance_s += time.perf_counter() - start
+            self.relevance_calls += 1
+            self.explained += int(idx.sum())
         return rel
 
+    def stats(self) -> dict[str, float]:
+        """Cumulative timing counters (read by ``reldrop bench`` through the weight store)."""
+        return {
+            "batches": self.batches, "explained": self.explained,
+            "relevance_calls": self.relevance_calls, "relevance_s": self.relevance_s,
+            "busy_s": self.busy_s, "gate_wait_s": self.gate_waits_s,
+            "gate_timeouts": self.gate_timeouts, "threads": torch.get_num_threads(),
+            "alive_s": time.perf_counter() - self.started,
+        }
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
         n = len(batch["label"])
         if self.model is not None:
             self._gate(n)
@@ -141,4 +161,7 @@ class ExplainerStage:
         batch["fallback"] = fallback.numpy()
         batch["model_version"] = np.full(n, self.version, dtype=np.int64)
         self.batches += 1
+        self.busy_s += time.perf_counter() - start
+        if self.store is not None:
+            self.store.tell("report_explainer", f"pid{os.getpid()}", self.stats())
         return batch

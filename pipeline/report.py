@@ -60,6 +60,7 @@ def merge_workers(workers: list[dict[str, Any]]) -> dict[str, Any]:
         "publish_ms": lead["publish_ms"],
         "store_recreated": lead["store_recreated"],
         "keys": [w["keys"] for w in workers],
+        "versions_seen": sorted({v for w in workers for v in w["versions"]}),
     }
 
 

@@ -107,7 +107,9 @@ def _init_ray(cfg: TrainConfig) -> None:
              configure_logging=False) if cfg.address is None else ray.init(address=cfg.address)
 
 
-def run_training(cfg: TrainConfig, *, verbose: bool = True) -> dict[str, Any]:
+def run_training(
+    cfg: TrainConfig, *, verbose: bool = True, run_id: str | None = None
+) -> dict[str, Any]:
     """Train per ``cfg``; write ``report.json``, the checkpoint and plots to ``cfg.out``."""
     import ray  # noqa: PLC0415
     from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig  # noqa: PLC0415
@@ -125,7 +127,7 @@ def run_training(cfg: TrainConfig, *, verbose: bool = True) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False
     total_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = _sizing(cfg, total_cpus)
-    run_id = uuid.uuid4().hex[:8]
+    run_id = run_id or uuid.uuid4().hex[:8]
     if verbose:
         print(
             f"[reldrop] run {run_id}: {cfg.mode} {cfg.augment} on {cfg.model}, "
@@ -166,11 +168,15 @@ def run_training(cfg: TrainConfig, *, verbose: bool = True) -> dict[str, Any]:
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
+    explainer_stats: dict[str, Any] = {}
     try:
         result = trainer.fit()
     finally:
         if store is not None:
+            explainer_stats = store.call("explainer_stats", timeout=5.0) or {}
             store.kill()
+    if result.metrics is None or result.checkpoint is None:
+        raise RuntimeError(f"training run {run_id} finished without a final report: {result.error}")
     merged = merge_workers(result.metrics["workers"])
     checkpoint_path = out / "model.safetensors"
     with result.checkpoint.as_directory() as ckpt_dir:
@@ -196,6 +202,7 @@ def run_training(cfg: TrainConfig, *, verbose: bool = True) -> dict[str, Any]:
         },
         "staleness_bound": cfg.staleness_bound() if cfg.needs_explainer else None,
         "cluster": {"cpus": total_cpus, "explainer_cpus": cpus},
+        "explainers": explainer_stats,
     }
     last = report["epochs"][-1]
     report["final"] = {k: last.get(k) for k in ("test_accuracy", "ood_accuracy", "train_accuracy", "loss")}

@@ -92,7 +92,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     inner = spec.build()
     model = ray.train.torch.prepare_model(inner)
     device = ray.train.torch.get_device()
-    inner = model.module if hasattr(model, "module") else model
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
     regularizer = make_regularizer(cfg.regularizer, lam=cfg.reg_lambda)
     occluder = Occluder(cfg.occlusion())
@@ -112,6 +112,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     step = 0
     consumed = 0
     staleness: Counter[int] = Counter()
+    versions: set[int] = set()
     counts: Counter[str] = Counter()
     reasons: list[str] = []
     epochs: list[dict[str, Any]] = []
@@ -151,6 +152,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             reexplain = np.zeros(n, dtype=bool)
             if "model_version" in batch:
                 version = np.asarray(batch["model_version"])
+                versions.update(int(v) for v in np.unique(version[keep]))
                 explained = keep & (version >= 0) & np.asarray(batch["dropped"]).reshape(n, -1).any(1)
                 stale = step - version
                 for s in stale[keep & (version >= 0)]:
@@ -220,6 +222,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "rank": rank,
             "epochs": epochs,
             "staleness": dict(staleness),
+            "versions": sorted(versions),
             "counts": dict(counts),
             "skip_reasons": reasons,
             "keys": keys_per_epoch if cfg.record_keys else [],

@@ -42,6 +42,7 @@ class WeightStore:
         self._produced = 0
         self._consumed = 0
         self._explainers: dict[str, Any] = {}
+        self._explainer_stats: dict[str, dict[str, float]] = {}
         self._history: list[tuple[int, float]] = []
 
     def publish(self, version: int, weights_ref: list[ray.ObjectRef]) -> int:
@@ -87,6 +88,13 @@ class WeightStore:
 
     def explainers(self) -> dict[str, Any]:
         return dict(self._explainers)
+
+    def report_explainer(self, name: str, stats: dict[str, float]) -> None:
+        """Keep an explainer's latest cumulative counters (``ExplainerStage.stats``)."""
+        self._explainer_stats[name] = stats
+
+    def explainer_stats(self) -> dict[str, dict[str, float]]:
+        return dict(self._explainer_stats)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -151,7 +159,9 @@ class WeightStoreClient:
                 return None
             try:
                 return ray.get(getattr(handle, method).remote(*args), timeout=timeout)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorDiedError):
+            except ray.exceptions.RayTaskError as err:  # the store raised: a real answer
+                raise err.as_instanceof_cause() from None
+            except ray.exceptions.RayError:  # died, unavailable, timed out
                 self.failures += 1
                 self._handle = None
                 if self.create and attempt == 0:

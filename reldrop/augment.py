@@ -22,7 +22,7 @@ from torch import nn
 
 from reldrop.composites import Bounds
 from reldrop.occlusion import Occluder, OcclusionConfig, OcclusionResult
-from reldrop.relevance import Target, relevance
+from reldrop.relevance import Target, _check_targets, relevance
 
 __all__ = ["AugmentStats", "RelDrop"]
 
@@ -73,8 +73,12 @@ class RelDrop:
         self.target: Target = target
         self.bounds = bounds
         self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        # an unseeded torch.Generator always starts from the same fixed seed, which would give
+        # every unseeded instance (e.g. every pipeline actor) the same occlusions: draw the seed
+        # from torch's global generator instead (reproducible under torch.manual_seed)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        self.generator.manual_seed(seed)
         self.stats = AugmentStats()
 
     def explain(self, inputs: torch.Tensor, targets: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
@@ -84,12 +88,14 @@ class RelDrop:
         if applied.any():
             idx = applied.to(inputs.device)
             rel[idx] = relevance(
-                self.model, inputs[idx], targets[idx], composite=self.composite,
+                self.model, inputs[idx], targets[applied.to(targets.device)],
+                composite=self.composite,
                 target=self.target, bounds=self.bounds,
             )
         return rel
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> OcclusionResult:
+        _check_targets(targets, inputs.shape[0])
         applied = self.occluder.select(inputs.shape[0], self.generator)
         rel = self.explain(inputs, targets, applied) if self.occluder.needs_relevance else None
         result = self.occluder(inputs, rel, applied=applied, generator=self.generator)

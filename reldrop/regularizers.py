@@ -112,37 +112,59 @@ def shuffle_outside(
 
 
 def _embed_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    head = getattr(model, "head", None)
+    """Penultimate features and logits in one pass; a DDP-style wrapper is looked through
+    (``model.module``), which bypasses the wrapper's forward."""
+    inner = model if hasattr(model, "embed") else getattr(model, "module", model)
+    embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "embed", None)
+    head: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "head", None)
     if head is None:
-        head = getattr(model, "fc", None)
-    if not callable(getattr(model, "embed", None)) or head is None:
+        head = getattr(inner, "fc", None)
+    if not callable(embed) or head is None:
         raise TypeError(
-            f"{type(model).__name__} needs embed(x) and a head (or fc) layer for actdiff"
+            f"{type(inner).__name__} needs embed(x) and a head (or fc) layer for actdiff"
         )
-    h = model.embed(x)
+    h = embed(x)
     return h, head(h)
 
 
 # --- differentiable LRP for the ISNet loss -----------------------------------------------------
 
 
+class _Phase:
+    """Shared by one heatmap's ReLU nodes: True only while the explanation gradient is taken."""
+
+    explaining = False
+
+
 class _EpsilonReLU(torch.autograd.Function):
-    """ReLU whose gradient is scaled by a / (a + eps): turns gradient x input into LRP-epsilon."""
+    """ReLU whose gradient is scaled by a / (a + eps) while explaining (LRP-epsilon as gradient x
+    input), and is the true ReLU derivative otherwise.
+
+    The switch matters for the parameter gradient of a heatmap loss: that backward pass also
+    runs through these nodes (the heatmap depends on later layers' pre-activations), and there
+    the forward values must be differentiated exactly; a fixed scaled derivative would be wrong
+    (checked against finite differences in the tests).
+    """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, eps: float, phase: _Phase) -> torch.Tensor:
         ctx.save_for_backward(z)
         ctx.eps = eps
+        ctx.phase = phase
         return z.clamp(min=0)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (z,) = ctx.saved_tensors
-        a = z.clamp(min=0)  # written with torch ops, so double backward reaches the parameters
-        return grad * a / (a + ctx.eps), None
+        if ctx.phase.explaining:
+            a = z.clamp(min=0)  # torch ops: recorded under create_graph, so s(z) is differentiable
+            return grad * a / (a + ctx.eps), None, None
+        return grad * (z > 0).to(grad.dtype), None, None
 
 
-def _bn_detached_stats(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor):
+def _bn_detached_stats(
+    module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor
+) -> torch.Tensor:
     """BatchNorm as the affine map it computes on this batch, statistics held constant."""
     x = inp[0]
     bn: nn.modules.batchnorm._BatchNorm = module  # type: ignore[assignment]
@@ -157,7 +179,7 @@ def _bn_detached_stats(module: nn.Module, inp: tuple[torch.Tensor, ...], out: to
 
 
 @contextmanager
-def _lrp_mode(model: nn.Module, eps: float, bn_stats: str) -> Iterator[None]:
+def _lrp_mode(model: nn.Module, eps: float, bn_stats: str, phase: _Phase) -> Iterator[None]:
     """Hook ReLUs (epsilon scaling) and BatchNorms (frozen statistics, no running update)."""
     handles = []
     saved: list[tuple[nn.Module, str, Any]] = []
@@ -168,7 +190,7 @@ def _lrp_mode(model: nn.Module, eps: float, bn_stats: str) -> Iterator[None]:
                 module.inplace = False
                 handles.append(
                     module.register_forward_hook(
-                        lambda m, i, o: _EpsilonReLU.apply(i[0], eps)  # type: ignore[misc]
+                        lambda m, i, o: _EpsilonReLU.apply(i[0], eps, phase)  # type: ignore[misc]
                     )
                 )
             elif isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -216,10 +238,15 @@ def lrp_heatmap(
     if eps <= 0:
         raise ValueError(f"eps={eps}; expected > 0")
     x = inputs if inputs.requires_grad else inputs.detach().requires_grad_(True)
-    with torch.enable_grad(), _lrp_mode(model, eps, bn_stats):
+    phase = _Phase()
+    with torch.enable_grad(), _lrp_mode(model, eps, bn_stats, phase):
         logits = model(x)
         chosen = logits.gather(1, targets.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
+        phase.explaining = True
+        try:
+            (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
+        finally:
+            phase.explaining = False
     return (grad * x).sum(dim=1), logits
 
 
@@ -333,7 +360,9 @@ class Regularizer:
     ) -> RegularizedLoss:
         raise NotImplementedError
 
-    def _combine(self, ce: torch.Tensor, penalty: torch.Tensor, logits: torch.Tensor):
+    def _combine(
+        self, ce: torch.Tensor, penalty: torch.Tensor, logits: torch.Tensor
+    ) -> RegularizedLoss:
         return RegularizedLoss(loss=ce + self.lam * penalty, ce=ce, penalty=penalty, logits=logits)
 
 

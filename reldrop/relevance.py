@@ -42,12 +42,17 @@ def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> str:
     )
 
 
-def _check_targets(targets: torch.Tensor, n: int, num_classes: int) -> None:
+def _check_targets(targets: torch.Tensor, n: int, num_classes: int | None = None) -> None:
+    """Class indices of shape (n,), in [0, num_classes) when ``num_classes`` is known."""
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
     if targets.ndim != 1 or targets.shape[0] != n:
         raise ValueError(f"targets has shape {tuple(targets.shape)}; expected ({n},)")
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise TypeError(f"targets must be integer class indices, got dtype {targets.dtype}")
-    if n and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+    if num_classes is None or not n:
+        return
+    if int(targets.min()) < 0 or int(targets.max()) >= num_classes:
         raise ValueError(
             f"targets must lie in [0, {num_classes}) for a model with {num_classes} outputs; "
             f"got values in [{int(targets.min())}, {int(targets.max())}]"
@@ -87,6 +92,7 @@ def attribution(
     if target == "label" and targets is None:
         raise ValueError("targets is required when target='label'")
     if targets is not None:
+        _check_targets(targets, inputs.shape[0])
         targets = targets.to(inputs.device)
     if bounds is None:
         bounds = (float(inputs.min()), float(inputs.max()))

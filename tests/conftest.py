@@ -65,3 +65,23 @@ def make_model():
         return _warm_batch_norm(model, inputs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One small local Ray cluster shared by every Ray test (2 CPUs, like CI)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def decoy_root(tmp_path_factory):
+    """A small DecoyMNIST (400 digits: 320 train in 7 shards, 80 per test split)."""
+    from pipeline.datasets import build_dataset
+
+    root = tmp_path_factory.mktemp("decoy") / "decoy-mnist"
+    build_dataset("decoy-mnist", str(root), seed=0, limit=400, shard_size=50, progress=False)
+    return str(root)

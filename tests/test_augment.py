@@ -146,7 +146,6 @@ def _train(model, aug: RelDrop, data: TensorDataset, epochs: int, lr: float) -> 
     return losses
 
 
-@pytest.mark.slow
 def test_training_small_cnn_with_reldrop_pixel():
     torch.manual_seed(0)
     model = build_model("small-cnn", in_channels=1, num_classes=3)

@@ -122,7 +122,9 @@ def _required_values(options: dict[str, argparse.Action]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_unknown_keys_are_named(job: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_keys_are_named(
+    job: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     module = importlib.import_module(job)
     path = _write(tmp_path, "job.toml", {"no-such-flag": 1, "epoch": 3})
     err = _parse_error(module, ["--config", str(path)], capsys)
@@ -134,7 +136,7 @@ def test_wrong_types_name_key_and_type(
     job: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     module = importlib.import_module(job)
-    cases = []
+    cases: list[tuple[str, Any, str]] = []
     for name, action in _options(module).items():
         if action.type is int:
             cases.append((name, "three", "must be an integer"))
@@ -279,11 +281,14 @@ def test_lists_booleans_counts_and_custom_types(tmp_path: Path) -> None:
         "level": "high",
         "verbose": 2,
     }
-    args = parse_with_config(_feature_parser(), ["--config", str(_write(tmp_path, "a.yaml", values))])
+    args = parse_with_config(
+        _feature_parser(), ["--config", str(_write(tmp_path, "a.yaml", values))]
+    )
     assert (args.sizes, args.tag, args.shuffle, args.progress) == ([2, 3], ["a", "b"], False, False)
     assert (args.level, args.verbose) == (2, 2)
     args = parse_with_config(
-        _feature_parser(), ["--config", str(_write(tmp_path, "b.yaml", {"shuffle": False}))] + ["--out", "o"]
+        _feature_parser(),
+        ["--config", str(_write(tmp_path, "b.yaml", {"shuffle": False}))] + ["--out", "o"],
     )
     assert args.shuffle is False and args.level == 1
 

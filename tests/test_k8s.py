@@ -9,6 +9,7 @@ command the real CLI accepts, and the documents validate against both the Kubern
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import re
@@ -291,9 +292,9 @@ def test_rayjob_entrypoint_parses_with_the_real_cli() -> None:
     assert args.use_gpu and args.trainers == gpus
     slots = _ray_resources(groups["explainer"])["explainer"] * groups["explainer"]["replicas"]
     assert args.explainers == slots
-    cpus = float(groups["explainer"]["rayStartParams"]["num-cpus"]) * groups["explainer"][
-        "replicas"
-    ]
+    cpus = (
+        float(groups["explainer"]["rayStartParams"]["num-cpus"]) * groups["explainer"]["replicas"]
+    )
     assert args.explainers * args.explainer_cpus < cpus, "leave CPUs for the read tasks"
     assert str(args.train).startswith(("s3://", "gs://")), "cluster shards on object storage"
 
@@ -336,6 +337,13 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
+@functools.cache
+def _load_crd(path: Path) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 1-2 MB
+    crd: dict[str, Any] = yaml.load(path.read_text(), Loader=loader)  # noqa: S506
+    return crd
+
+
 def _crd_schema(kind: str) -> dict[str, Any]:
     path = CRD_DIR / CRD_FILES[kind]
     if not path.is_file():
@@ -343,7 +351,7 @@ def _crd_schema(kind: str) -> dict[str, Any]:
             f"KubeRay CRD {path} not found: these tests need the shared/ folder beside the "
             "repository (../shared/kuberay-crds)"
         )
-    crd = yaml.safe_load(path.read_text())
+    crd = _load_crd(path)
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
     return schema

