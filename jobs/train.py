@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explainers", type=int, default=1, help="explainer actors")
     p.add_argument("--explainer-cpus", type=float, default=None, help="CPUs per explainer actor")
     p.add_argument("--explainer-gpus", type=float, default=0.0, help="GPUs per explainer actor")
+    p.add_argument(
+        "--explainer-resource", default=None,
+        help="custom Ray resource each explainer actor takes 1 unit of (e.g. 'explainer', "
+        "advertised by the explainer worker group) so explainers land on those nodes",
+    )
+    p.add_argument("--explainer-batch-size", type=int, default=None,
+                   help="rows per explainer batch (default: --batch-size)")
     p.add_argument("--sync-every", type=int, default=2, help="publish weights every S trainer steps")
     p.add_argument("--max-staleness", type=int, default=8, help="bound on trainer_step - model_version")
     p.add_argument("--stale-policy", default="pass", choices=STALE_POLICIES)

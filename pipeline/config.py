@@ -45,6 +45,7 @@ class TrainConfig:
     explainer_cpus: float | None = None
     explainer_gpus: float = 0.0
     explainer_batch_size: int | None = None
+    explainer_resource: str | None = None
     sync_every: int = 2
     max_staleness: int = 8
     stale_policy: str = "pass"

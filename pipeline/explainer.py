@@ -102,15 +102,12 @@ class ExplainerStage:
             time.sleep(0.05)
 
     def _gate(self, rows: int) -> None:
+        """Wait until the trainer has consumed enough that these rows stay within the bound."""
         start = time.monotonic()
-        while True:
-            admitted = self.store.call("acquire", rows, timeout=10.0)
-            if admitted is None or admitted:  # no store: keep going on last weights
-                break
-            if time.monotonic() - start > self.config.gate_timeout_s:
-                self.gate_timeouts += 1
-                break
-            time.sleep(0.005)
+        wait = self.config.gate_timeout_s
+        admitted = self.store.call("acquire", rows, wait, timeout=wait + 30.0)
+        if admitted is False:  # None: no store, keep going on the last weights
+            self.gate_timeouts += 1
         self.gate_waits_s += time.monotonic() - start
 
     def _relevance(

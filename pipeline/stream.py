@@ -129,7 +129,10 @@ def read_split(plan: DataPlan, *, on_error: str, read_cpus: float = 0.25, limit:
 
 def model_inputs(images: np.ndarray | torch.Tensor, normalization: Any) -> torch.Tensor:
     """uint8 images -> normalised float (model space); float point clouds pass through."""
-    t = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        # Ray hands out read-only views of its blocks; torch wants writable memory
+        images = np.require(images, requirements=["C", "W"])
+    t = torch.as_tensor(images)
     if t.dtype == torch.uint8:
         return normalization.to_model(t)
     return t.float()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import replace
@@ -94,6 +95,7 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, cpus: float)
         compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
         num_cpus=cpus,
         num_gpus=cfg.explainer_gpus or None,
+        resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
     )
 
 
@@ -116,7 +118,11 @@ def run_training(
     from ray.train.torch import TorchTrainer  # noqa: PLC0415
 
     start = time.perf_counter()
-    out = Path(cfg.out).absolute()
+    remote_out = cfg.out if _is_remote(cfg.out) else None
+    out = (
+        Path(tempfile.mkdtemp(prefix="reldrop-out-")) if remote_out
+        else Path(cfg.out.removeprefix("file://")).absolute()
+    )
     if cfg.train is None:
         train, test, ood = default_data(cfg.seed)
         cfg = replace(cfg, train=train, test=cfg.test or test, ood_test=cfg.ood_test or ood)
@@ -155,6 +161,7 @@ def run_training(
         train_loop_config={
             "config": cfg.to_json(), "spec": spec.to_json(), "run_id": run_id,
             "eval_sets": [k for k in datasets if k != "train"],
+            "train_samples": min(plan.num_samples, cfg.limit or plan.num_samples),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
@@ -164,7 +171,8 @@ def run_training(
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=f"reldrop-{run_id}", storage_path=str(out / "ray_results"),
+            name=f"reldrop-{run_id}",
+            storage_path=f"{remote_out.rstrip('/')}/ray_results" if remote_out else str(out / "ray_results"),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
@@ -210,10 +218,29 @@ def run_training(
     report["paths"] = {"checkpoint": str(checkpoint_path), "report": str(out / "report.json")}
     report["paths"].update(_plots(out, report, checkpoint_path, cfg))
     report["wall_s"] = time.perf_counter() - start
+    if remote_out:
+        report["paths"] = {k: f"{remote_out.rstrip('/')}/{Path(v).name}" for k, v in report["paths"].items()}
     write_report(out, report)
+    if remote_out:
+        _upload(out, remote_out)
     if verbose:
         print(summary_table(report), flush=True)
     return report
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _upload(local: Path, url: str) -> None:
+    """Copy the run's files (not Ray's own results, already there) to ``url`` via fsspec."""
+    from pipeline.fs import resolve  # noqa: PLC0415
+
+    fs, path = resolve(url)
+    fs.makedirs(path, exist_ok=True)
+    for item in local.iterdir():
+        if item.is_file():
+            fs.put_file(str(item), f"{path.rstrip('/')}/{item.name}")
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:

@@ -109,6 +109,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         gate = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=False)
 
     shard = ray.train.get_dataset_shard("train")
+    steps_per_epoch = max(1, -(-int(loop_config.get("train_samples", 0)) // cfg.global_batch))
+    progress_every = max(1, steps_per_epoch // 4)
     step = 0
     consumed = 0
     staleness: Counter[int] = Counter()
@@ -199,6 +201,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             compute_s += time.perf_counter() - t1
             if publisher is not None and step % cfg.sync_every == 0:
                 publisher.publish(step, consumed * world)
+            if rank == 0 and (step - epoch * steps_per_epoch) % progress_every == 0:
+                elapsed = time.perf_counter() - run_start
+                print(
+                    f"[reldrop] epoch {epoch + 1} step {step - epoch * steps_per_epoch}"
+                    f"/{steps_per_epoch} loss {epoch_loss / max(seen, 1):.4f} "
+                    f"{consumed * world / elapsed:.0f} samples/s, waiting for data "
+                    f"{100 * wait_s / elapsed:.0f}% of the time",
+                    flush=True,
+                )
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "loss": epoch_loss / seen if seen else float("nan"),

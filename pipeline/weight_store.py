@@ -15,6 +15,7 @@ the trainer recreates the store (same name) and publishes again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -44,6 +45,7 @@ class WeightStore:
         self._explainers: dict[str, Any] = {}
         self._explainer_stats: dict[str, dict[str, float]] = {}
         self._history: list[tuple[int, float]] = []
+        self._cond = asyncio.Condition()
 
     def publish(self, version: int, weights_ref: list[ray.ObjectRef]) -> int:
         """Accept ``weights_ref`` (a one-element list so Ray does not resolve it) as ``version``."""
@@ -67,21 +69,34 @@ class WeightStore:
             return self._version, self._ref
         return self._version, None
 
-    def acquire(self, rows: int) -> bool:
-        """Admit ``rows`` for explanation if at most ``max_ahead`` would be unconsumed."""
+    def _admits(self, rows: int) -> bool:
         unconsumed = self._produced - self._consumed
-        if unconsumed > 0 and unconsumed + rows > self._max_ahead:
-            return False
-        self._produced += rows
-        return True
+        return unconsumed <= 0 or unconsumed + rows <= self._max_ahead
 
-    def consumed(self, rows: int) -> None:
-        self._consumed += rows
+    async def acquire(self, rows: int, wait_s: float = 0.0) -> bool:
+        """Admit ``rows`` for explanation once at most ``max_ahead`` would be unconsumed,
+        waiting up to ``wait_s`` (no polling: :meth:`consumed` wakes the waiters)."""
+        async with self._cond:
+            if not self._admits(rows):
+                try:
+                    await asyncio.wait_for(self._cond.wait_for(lambda: self._admits(rows)), wait_s)
+                except TimeoutError:
+                    return False
+            self._produced += rows
+            return True
 
-    def reset_progress(self, consumed: int) -> None:
-        """Start the gate from ``consumed`` rows (on a fresh store, or a new epoch)."""
-        self._consumed = consumed
-        self._produced = max(self._produced, consumed)
+    async def consumed(self, rows: int) -> None:
+        async with self._cond:
+            self._consumed += rows
+            self._cond.notify_all()
+
+    async def reset_progress(self, consumed: int) -> None:
+        """Start the gate from ``consumed`` rows (a fresh store, or a new epoch: nothing is in
+        flight then, and rows acquired by a task that died and was retried are forgotten)."""
+        async with self._cond:
+            self._consumed = consumed
+            self._produced = consumed
+            self._cond.notify_all()
 
     def register_explainer(self, name: str, handle: Any) -> None:
         self._explainers[name] = handle

@@ -25,7 +25,16 @@ from pipeline.bench.runs import MODES, median_of, pipeline_run
 from pipeline.config import TrainConfig
 from reldrop.checkpoint import ModelSpec
 
-__all__ = ["BenchConfig", "run_bench"]
+__all__ = ["AHEAD_STEPS", "BenchConfig", "run_bench"]
+
+#: Trainer steps the explainers may run ahead (``max_staleness = sync_every + 1 + AHEAD_STEPS``).
+#: With fewer, the gate admits less than Ray Data holds before the trainer's first batch (about
+#: two 100-row input blocks) and the explainer stalls until ``StageConfig.gate_timeout_s``.
+AHEAD_STEPS = 6
+
+
+def _max_staleness(sync_every: int) -> int:
+    return sync_every + 1 + AHEAD_STEPS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +189,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     train = _data(cfg, out)
     base = TrainConfig(
         train=train, model=cfg.model, epochs=cfg.n_epochs, batch_size=cfg.batch_size,
-        threads=cfg.threads, sync_every=cfg.sync_every, seed=cfg.seed, out=str(out),
+        threads=cfg.threads, sync_every=cfg.sync_every, max_staleness=_max_staleness(cfg.sync_every),
+        seed=cfg.seed, out=str(out),
     )
     runs = _modes(base, out / "runs", cfg.n_rounds)
     table = _mode_table(runs)
@@ -191,8 +201,15 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     staleness = [{k: runs["async"][0][k] for k in ("sync_every", "explainers", "staleness", "staleness_bound")}]
     for sync_every, explainers in cfg.staleness_grid():
         _log(f"staleness: sync_every {sync_every}, {explainers} explainer(s)")
-        run = pipeline_run(base, f"stale-s{sync_every}-e{explainers}", out / "runs",
-                           sync_every=sync_every, explainers=explainers)
+        try:
+            run = pipeline_run(base, f"stale-s{sync_every}-e{explainers}", out / "runs",
+                               sync_every=sync_every, explainers=explainers,
+                               max_staleness=_max_staleness(sync_every))
+        except Exception as err:  # noqa: BLE001 - one failed combo must not lose the other figures
+            _log(f"staleness run failed: {type(err).__name__}: {err}")
+            run = {"sync_every": sync_every, "explainers": explainers, "staleness_bound": None,
+                   "staleness": {"mean": None, "p50": None, "p99": None, "max": None},
+                   "error": f"{type(err).__name__}: {str(err)[:200]}"}
         staleness.append({k: run[k] for k in ("sync_every", "explainers", "staleness", "staleness_bound")})
     staleness.sort(key=lambda r: (r["explainers"], r["sync_every"]))
 
