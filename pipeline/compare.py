@@ -133,6 +133,12 @@ class CompareConfig:
                 "train_overrides": dict(self.train_overrides)}
 
 
+def _write_json(path: Path, value: Any) -> None:
+    from pipeline.evaluate import _json_safe  # noqa: PLC0415 (NaN -> null, as evaluation.json)
+
+    path.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -317,7 +323,7 @@ def run_comparison(cfg: CompareConfig, *, log: Callable[[str], None] = print) ->
                 f"occl. AUC {fmt['relevance_auc']} mask share {fmt['mask_share']} "
                 f"{run['wall_s']:.0f}s ({elapsed:.0f}s elapsed)")
         result["wall_s"] = elapsed
-        (out / "compare.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        _write_json(out / "compare.json", result)
 
     if cfg.parallel > 1:
         _parallel_runs(cfg, plan, urls, record)
@@ -341,5 +347,5 @@ def run_comparison(cfg: CompareConfig, *, log: Callable[[str], None] = print) ->
                        "plot": _plot(summary, out / "compare.png") if summary else None}
     result["table"] = table
     result["wall_s"] = time.perf_counter() - start
-    (out / "compare.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    _write_json(out / "compare.json", result)
     return result

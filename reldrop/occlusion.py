@@ -130,18 +130,24 @@ def _pixel_rule(
     assert rel is not None and cfg.alpha is not None and cfg.beta is not None
     shape = _element_shape(x)
     n, f = x.shape[0], math.prod(shape)
-    r_hat, ok = _normalise(rel.detach().cpu())
-    drop = cfg.alpha * _uniform((n, f), gen) + (1 - cfg.alpha) * r_hat >= 1 - cfg.beta
-    fallback = applied.cpu() & ~ok
+    # the rule runs where the relevance lives (the GPU in the trainer); draws come from the
+    # CPU generator so results do not depend on the device
+    r_hat, ok = _normalise(rel.detach())
+    applied = applied.to(r_hat.device)
+    uniform = _uniform((n, f), gen).to(r_hat.device)
+    drop = cfg.alpha * uniform + (1 - cfg.alpha) * r_hat >= 1 - cfg.beta
+    fallback = applied & ~ok
     if fallback.any():
-        usable = applied.cpu() & ok
+        usable = applied & ok
         budget = (
             float(pixel_drop_probability(r_hat[usable], cfg.alpha, cfg.beta).mean())
             if usable.any()
             else cfg.drop_rate
         )
-        drop[fallback] = _uniform((int(fallback.sum()), f), gen) < budget
-    drop &= applied.cpu().unsqueeze(1)
+        redraw = _uniform((int(fallback.sum()), f), gen).to(r_hat.device) < budget
+        drop[fallback] = redraw
+    drop &= applied.unsqueeze(1)
+    fallback = fallback.cpu()
     return drop.reshape(n, *shape), fallback
 
 

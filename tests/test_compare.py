@@ -8,7 +8,14 @@ import math
 import pytest
 
 from jobs.compare import main, parse_args
-from pipeline.compare import METHODS, METRICS, CompareConfig, format_table, summarize
+from pipeline.compare import (
+    METHODS,
+    METRICS,
+    CompareConfig,
+    format_table,
+    run_comparison,
+    summarize,
+)
 
 
 def _run(method: str, seed: int, **figures: float | None) -> dict:
@@ -70,3 +77,12 @@ def test_tiny_comparison(ray_local, decoy_root, tmp_path, capsys) -> None:
         assert len(cells) == len(METRICS) and all(math.isfinite(float(c)) for c in cells)
     assert (out / "compare.png").stat().st_size > 0
     assert "[compare] 2/2 gradmask seed 0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_parallel_refuses_a_cluster_too_small(ray_local, decoy_root, tmp_path) -> None:
+    cfg = CompareConfig(methods=("none-sync",), seeds=(0,), data=decoy_root, out=str(tmp_path),
+                        parallel=2)
+    with pytest.raises(ValueError, match="parallel=2 leaves 1 CPU per run"):
+        run_comparison(cfg)
