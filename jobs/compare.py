@@ -2,8 +2,9 @@
 regularizers) over the same seeds on DecoyMNIST, evaluate each final checkpoint and write
 ``OUT/compare.json``, the mean ± std table ``OUT/compare.md`` and the bar plot ``OUT/compare.png``.
 
-The defaults are a small comparison that fits a 2-CPU machine (about half an hour). Trainings
-run on Ray one after another; ``--parallel K`` runs K at once on a cluster large enough for it.
+The defaults are a small comparison for a 2-CPU machine: 24 trainings of 1-2 minutes each.
+Trainings run on Ray one after another; ``--parallel K`` runs K at once on a cluster large
+enough for it.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--trainers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--trainer-cpus", type=float, default=1.0, help="CPUs per trainer worker")
     p.add_argument("--explainers", type=int, default=1, help="explainer actors")
     p.add_argument("--explainer-cpus", type=float, default=None, help="CPUs per explainer actor")
     p.add_argument("--explainer-gpus", type=float, default=0.0, help="GPUs per explainer actor")

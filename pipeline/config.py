@@ -41,6 +41,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 0.05
     trainers: int = 1
+    trainer_cpus: float = 1.0
     explainers: int = 1
     explainer_cpus: float | None = None
     explainer_gpus: float = 0.0
@@ -84,6 +85,8 @@ class TrainConfig:
             raise bad("lr", "a positive finite number")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", "an integer >= 1 or None")
+        if self.trainer_cpus <= 0:
+            raise bad("trainer_cpus", "a positive number of CPUs")
         if self.explainer_cpus is not None and self.explainer_cpus <= 0:
             raise bad("explainer_cpus", "a positive number of CPUs")
         if self.mode == "precomputed" and not self.precomputed:
@@ -113,8 +116,11 @@ class TrainConfig:
         return max(1, self.max_staleness - self.sync_every - 1)
 
     def max_ahead_samples(self) -> int:
-        """Samples explained but not yet consumed that the gate admits."""
-        return max(self.ahead_steps() * self.global_batch, self.global_batch + self.stage_batch_size)
+        """Rows explained but not yet consumed that the gate admits. The floor keeps the stream
+        live: Ray Data's split operator may hold back up to two blocks (of about one explainer
+        batch each) and every trainer needs a full batch."""
+        floor = 2 * self.global_batch + 3 * self.stage_batch_size
+        return max(self.ahead_steps() * self.global_batch, floor)
 
     def staleness_bound(self) -> int:
         """The staleness (trainer steps) that the gate guarantees, given the sizes."""

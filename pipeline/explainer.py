@@ -37,7 +37,7 @@ class StageConfig:
     use_model: bool = True
     precomputed: str | None = None
     max_ahead: int = 1 << 30
-    gate_timeout_s: float = 60.0
+    gate_timeout_s: float = 15.0
     threads: int = 1
     seed: int = 0
     device: str = "cpu"

@@ -18,7 +18,7 @@ import torch
 from pipeline.codecs import SampleError, decode_row
 from pipeline.manifest import ChecksumError, Manifest, read_manifest, verify_shard
 
-__all__ = ["DataPlan", "model_inputs", "parse_data_url", "plan_split", "read_split"]
+__all__ = ["DataPlan", "data_error", "model_inputs", "parse_data_url", "plan_split", "read_split"]
 
 
 def parse_data_url(url: str, default_split: str) -> tuple[str, str]:
@@ -57,6 +57,8 @@ def plan_split(url: str, default_split: str, *, on_error: str, verify: bool | No
     infos = manifest.shards_of(split)
     urls = manifest.shard_urls(split)
     skipped: list[dict[str, Any]] = []
+    if not verify and not (verify is None and on_error == "skip"):
+        _check_sizes(infos, urls)  # cheap: catches truncated shards before Ray starts
     if verify or (verify is None and on_error == "skip"):
         from pipeline.fs import resolve  # noqa: PLC0415
 
@@ -73,6 +75,27 @@ def plan_split(url: str, default_split: str, *, on_error: str, verify: bool | No
                 skipped.append({"url": shard_url, "samples": info.num_samples, "reason": str(err)})
         urls = good
     return DataPlan(root, split, manifest, tuple(urls), tuple(skipped))
+
+
+def _check_sizes(infos: Any, urls: list[str]) -> None:
+    from pipeline.fs import resolve  # noqa: PLC0415
+
+    for info, shard_url in zip(infos, urls):
+        fs, path = resolve(shard_url)
+        size = fs.size(path)
+        if size != info.num_bytes:
+            raise ChecksumError(
+                f"shard {shard_url!r}: {size} bytes, manifest says {info.num_bytes} "
+                "(truncated or replaced; --on-error skip leaves it out)"
+            )
+
+
+def data_error(err: BaseException) -> str | None:
+    """The ``shard '...', sample '...': ...`` line inside a (Ray-wrapped) decoding error."""
+    for line in str(err).splitlines():
+        if "shard '" in line and ("sample '" in line or "bytes" in line):
+            return line.strip()
+    return None
 
 
 def _decoder(manifest: Manifest, on_error: str) -> Any:
@@ -103,8 +126,21 @@ def _decoder(manifest: Manifest, on_error: str) -> Any:
     return decode
 
 
-def read_split(plan: DataPlan, *, on_error: str, read_cpus: float = 0.25, limit: int | None = None) -> Any:
-    """A Ray Dataset of decoded rows (see module docstring) for ``plan``."""
+def read_split(
+    plan: DataPlan,
+    *,
+    on_error: str,
+    read_cpus: float = 0.25,
+    limit: int | None = None,
+    rows_per_block: int | None = None,
+) -> Any:
+    """A Ray Dataset of decoded rows (see module docstring) for ``plan``.
+
+    ``rows_per_block`` splits each shard's rows into blocks of about that many rows. The
+    explainer stage emits a block only when its task has explained all of it, so blocks much
+    larger than the staleness gate's window would stall the gate (a whole 1000-row shard is one
+    block otherwise).
+    """
     import ray  # noqa: PLC0415
 
     from pipeline.fs import arrow_filesystem  # noqa: PLC0415
@@ -119,7 +155,7 @@ def read_split(plan: DataPlan, *, on_error: str, read_cpus: float = 0.25, limit:
         decoder=None,
         shuffle=None,
         ray_remote_args={"num_cpus": read_cpus},
-        override_num_blocks=max(len(paths), 4),
+        override_num_blocks=max(len(paths), 4, -(-plan.num_samples // (rows_per_block or 1 << 30))),
     )
     ds = ds.map(_decoder(plan.manifest, on_error), num_cpus=read_cpus)
     if limit is not None:

@@ -65,7 +65,7 @@ def _sizing(cfg: TrainConfig, total_cpus: float) -> float:
     """CPUs per explainer actor: what the trainers and reads leave, shared (>= 0.25)."""
     if cfg.explainer_cpus is not None:
         return cfg.explainer_cpus
-    left = total_cpus - cfg.trainers * (0 if cfg.use_gpu else 1) - READ_CPUS
+    left = total_cpus - cfg.trainers * cfg.trainer_cpus - READ_CPUS
     return max(0.25, min(2.0, left / cfg.explainers))
 
 
@@ -138,7 +138,7 @@ def run_training(
         print(
             f"[reldrop] run {run_id}: {cfg.mode} {cfg.augment} on {cfg.model}, "
             f"{plan.num_samples} train samples in {len(plan.urls)} shards, "
-            f"{cfg.trainers} trainer(s) x 1 {'GPU' if cfg.use_gpu else 'CPU'}, "
+            f"{cfg.trainers} trainer(s) x {cfg.trainer_cpus:g} CPU{' + 1 GPU' if cfg.use_gpu else ''}, "
             f"{cfg.explainers if cfg.needs_explainer else 0} explainer(s) x {cpus:g} CPU, "
             f"reads {READ_CPUS} CPU, cluster {total_cpus:g} CPU; sync every {cfg.sync_every} "
             f"steps, max staleness {cfg.max_staleness} (gate admits {cfg.max_ahead_samples()} rows "
@@ -150,8 +150,9 @@ def run_training(
         from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415
 
         store = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=True)
-    datasets = {"train": _stage(cfg, read_split(plan, on_error=cfg.on_error, read_cpus=READ_CPUS,
-                                                limit=cfg.limit), spec, run_id, cpus)}
+    train_ds = read_split(plan, on_error=cfg.on_error, read_cpus=READ_CPUS, limit=cfg.limit,
+                          rows_per_block=cfg.stage_batch_size)
+    datasets = {"train": _stage(cfg, train_ds, spec, run_id, cpus)}
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
             datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),
@@ -165,8 +166,7 @@ def run_training(
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": 0.5 if cfg.use_gpu else 1.0,
-                                  **({"GPU": 1.0} if cfg.use_gpu else {})},
+            resources_per_worker={"CPU": cfg.trainer_cpus, **({"GPU": 1.0} if cfg.use_gpu else {})},
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
@@ -203,7 +203,7 @@ def run_training(
             "skipped_samples": counts.get("skipped", 0),
             "skipped_shards": skipped_shards,
             "fallback": counts.get("fallback", 0),
-            "explained": counts.get("explained", 0),
+            "occluded": counts.get("occluded", 0),
             "stale": counts.get("stale", 0),
             "stale_dropped": counts.get("stale_dropped", 0),
             "stale_reexplained": counts.get("stale_reexplained", 0),

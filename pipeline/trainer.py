@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TrainConfig
-from pipeline.stream import model_inputs
+from pipeline.stream import data_error, model_inputs
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec, save_checkpoint, state_to_numpy
 from reldrop.occlusion import Occluder
@@ -138,6 +138,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 batch = next(iterator)
             except StopIteration:
                 break
+            except Exception as err:
+                line = data_error(err)
+                if line is None:
+                    raise
+                raise RuntimeError(f"bad training data: {line}") from err
             t1 = time.perf_counter()
             wait_s += t1 - t0
             if first_batch_s is None:
@@ -155,7 +160,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if "model_version" in batch:
                 version = np.asarray(batch["model_version"])
                 versions.update(int(v) for v in np.unique(version[keep]))
-                explained = keep & (version >= 0) & np.asarray(batch["dropped"]).reshape(n, -1).any(1)
                 stale = step - version
                 for s in stale[keep & (version >= 0)]:
                     staleness[int(s)] += 1
@@ -167,7 +171,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 elif cfg.stale_policy == "re-explain":
                     reexplain = too_stale
                     counts["stale_reexplained"] += int(too_stale.sum())
-                counts["explained"] += int(explained.sum())
+            if "dropped" in batch:  # rows the stage occluded (model or precomputed relevance)
+                counts["occluded"] += int((keep & np.asarray(batch["dropped"]).reshape(n, -1).any(1)).sum())
             if "fallback" in batch:
                 counts["fallback"] += int(np.asarray(batch["fallback"])[keep].sum())
             if gate is not None:
@@ -186,7 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             elif cfg.augment != "none":
                 result = in_loop(x, y)
                 counts["fallback"] += int(result.fallback.sum())
-                counts["explained"] += int(result.applied.sum()) if occluder.needs_relevance else 0
+                counts["occluded"] += int(result.applied.sum()) if occluder.needs_relevance else 0
                 x = result.inputs
             out = regularizer(model, x, y, masks)
             optimizer.zero_grad(set_to_none=True)

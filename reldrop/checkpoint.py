@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,4 +82,6 @@ def state_to_numpy(model: nn.Module) -> dict[str, Any]:
 
 def load_numpy_state(model: nn.Module, state: dict[str, Any]) -> None:
     """Load numpy arrays written by :func:`state_to_numpy` into ``model`` in place."""
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    with warnings.catch_warnings():  # arrays straight from Ray's object store are read-only;
+        warnings.simplefilter("ignore", UserWarning)  # load_state_dict copies them anyway
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
