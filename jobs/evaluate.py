@@ -16,8 +16,8 @@ __all__ = ["build_parser", "main", "parse_args"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("reldrop evaluate", __doc__ or "")
-    p.add_argument("--checkpoint", default=None, help="safetensors checkpoint (required)")
-    p.add_argument("--data", default=None, help="in-distribution shards ROOT[#split] (required)")
+    p.add_argument("--checkpoint", required=True, help="safetensors checkpoint")
+    p.add_argument("--data", required=True, help="in-distribution shards ROOT[#split]")
     p.add_argument("--ood-data", default=None, help="out-of-distribution shards ROOT[#split]")
     p.add_argument("--out", default="runs/evaluate", help="output directory")
     p.add_argument("--batch-size", type=int, default=128)
@@ -33,10 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parse_with_config(parser, argv)
-    missing = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data))
-               if value is None]
-    if missing:
-        parser.error(f"missing required flag(s) {missing} (on the command line or in --config)")
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}; expected >= 1")
     if args.limit is not None and args.limit < 1:

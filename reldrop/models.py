@@ -1,12 +1,15 @@
 """Models by name: a small VGG-style CNN, a ResNet-18 for small inputs, a small PointNet.
 
-Every model exposes ``embed(x)`` (the penultimate features, used by ActDiff) and a
-``canonizer`` name so the LRP composites find the right canonizer.
+Every model exposes ``embed(x)`` (the penultimate features, used by ActDiff), returns
+``(logits, features)`` from ``forward(x, return_embedding=True)`` (so a DDP wrapper's forward,
+which synchronises gradients, is not bypassed) and names its ``canonizer`` so the LRP
+composites find the right one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +47,9 @@ class SmallVGG(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_embedding: bool = False) -> Any:
+        h = self.features(x)
+        return (self.head(h), h) if return_embedding else self.head(h)
 
 
 class SmallResNet18(ResNet):
@@ -63,8 +67,9 @@ class SmallResNet18(ResNet):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.embed(x))
+    def forward(self, x: torch.Tensor, return_embedding: bool = False) -> Any:
+        h = self.embed(x)
+        return (self.fc(h), h) if return_embedding else self.fc(h)
 
 
 class PointNet(nn.Module):
@@ -94,8 +99,9 @@ class PointNet(nn.Module):
         h = self.point_mlp(x.transpose(1, 2))
         return self.mlp(h.amax(dim=2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+    def forward(self, x: torch.Tensor, return_embedding: bool = False) -> Any:
+        h = self.embed(x)
+        return (self.head(h), h) if return_embedding else self.head(h)
 
 
 ModelFactory = Callable[..., nn.Module]

@@ -112,8 +112,14 @@ def shuffle_outside(
 
 
 def _embed_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features and logits in one pass; a DDP-style wrapper is looked through
-    (``model.module``), which bypasses the wrapper's forward."""
+    """Penultimate features and logits in one pass through ``model``'s own forward (so a DDP
+    wrapper still synchronises gradients); models without ``return_embedding`` fall back to
+    ``embed`` + ``head``/``fc``."""
+    try:
+        logits, h = model(x, return_embedding=True)
+        return h, logits
+    except TypeError:
+        pass
     inner = model if hasattr(model, "embed") else getattr(model, "module", model)
     embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "embed", None)
     head: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "head", None)

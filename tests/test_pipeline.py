@@ -175,16 +175,6 @@ def test_explainer_matches_direct_relevance(ray_local):
         client.kill()
 
 
-def test_two_trainers_ddp(ray_local, decoy_root, tmp_path):
-    """Two DDP workers (gloo) each get their own part of the stream, every key once."""
-    cfg = _config(decoy_root, tmp_path / "run", trainers=2, trainer_cpus=0.5, mode="sync",
-                  epochs=1, batch_size=16)
-    report = run_training(cfg, verbose=False)
-    assert len(report["keys"]) == 2  # one key list per worker
-    assert all(len(w[0]) == 160 for w in report["keys"])  # equal split
-    _assert_exactly_once(report, 320)
-
-
 def test_data_error_finds_the_shard_line():
     from pipeline.codecs import SampleError
     from pipeline.stream import data_error
