@@ -23,7 +23,8 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 class SmallVGG(nn.Module):
-    """VGG-style CNN with BatchNorm: 2 x (conv-bn-relu x 2, maxpool), global average, 2 linear."""
+    """VGG-style CNN with BatchNorm: 2 x (conv-bn-relu x 2, maxpool), 3 x 3 average pool,
+    2 linear layers."""
 
     canonizer = "sequential"
 
@@ -37,9 +38,11 @@ class SmallVGG(nn.Module):
             *_conv_block(w, 2 * w),
             *_conv_block(2 * w, 2 * w),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1),
+            # a 3 x 3 grid keeps where things are (global pooling trained to ~0.6 test accuracy
+            # on 2000 digits in 3 epochs, the 3 x 3 grid to ~0.9)
+            nn.AdaptiveAvgPool2d(3),
             nn.Flatten(),
-            nn.Linear(2 * w, 4 * w),
+            nn.Linear(2 * w * 9, 4 * w),
             nn.ReLU(),
         )
         self.head = nn.Linear(4 * w, num_classes)
