@@ -17,11 +17,24 @@ from jobs._args import new_parser, parse_with_config
 __all__ = ["build_parser", "main", "parse_args"]
 
 
+def _method_list(text: str) -> list[str]:
+    """``a,b,c`` -> known method names (argparse turns the error into a usage message)."""
+    from pipeline.compare import METHODS  # noqa: PLC0415
+
+    names = [m.strip() for m in str(text).split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{unknown or text!r}: expected comma-separated names from {list(METHODS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.compare import DEFAULT_METHODS  # noqa: PLC0415
 
     p = new_parser("reldrop compare", __doc__ or "")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+    p.add_argument("--methods", type=_method_list, default=list(DEFAULT_METHODS),
                    help="comma-separated method names")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1, the same for every method")
     p.add_argument("--epochs", type=int, default=3)
@@ -38,14 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from pipeline.compare import METHODS  # noqa: PLC0415
 
     parser = build_parser()
     args = parse_with_config(parser, argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown or not args.methods:
-        parser.error(f"--methods {unknown or args.methods}: expected names from {list(METHODS)}")
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),
                         ("--eval-limit", args.eval_limit), ("--parallel", args.parallel)):
         if value < 1:
