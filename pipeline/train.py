@@ -105,8 +105,10 @@ def _init_ray(cfg: TrainConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(address=cfg.address, log_to_driver=True, include_dashboard=False,
-             configure_logging=False) if cfg.address is None else ray.init(address=cfg.address)
+    if cfg.address is None:  # a local cluster for this process only
+        ray.init(include_dashboard=False, configure_logging=False)
+    else:
+        ray.init(address=cfg.address)
 
 
 def run_training(
@@ -207,6 +209,8 @@ def run_training(
             "stale": counts.get("stale", 0),
             "stale_dropped": counts.get("stale_dropped", 0),
             "stale_reexplained": counts.get("stale_reexplained", 0),
+            # explainer batches let through after waiting gate_timeout_s (a stalled stream)
+            "gate_timeouts": sum(int(e.get("gate_timeouts", 0)) for e in explainer_stats.values()),
         },
         "staleness_bound": cfg.staleness_bound() if cfg.needs_explainer else None,
         "cluster": {"cpus": total_cpus, "explainer_cpus": cpus},
