@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use at most N training samples")
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--address", default=None, help="Ray address to join (default: start local Ray)")
+    p.add_argument("--num-cpus", type=int, default=None,
+                   help="logical CPUs of the local Ray cluster (default: all; ignored with --address)")
+    p.add_argument("--record-keys", action="store_true",
+                   help="list every sample key each worker trained on per epoch in the report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/train", help="output directory")
     return p

@@ -55,6 +55,7 @@ class TrainConfig:
     limit: int | None = None
     use_gpu: bool = False
     address: str | None = None
+    num_cpus: int | None = None
     seed: int = 0
     out: str = "runs/train"
     record_keys: bool = False

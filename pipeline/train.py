@@ -106,7 +106,7 @@ def _init_ray(cfg: TrainConfig) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if cfg.address is None:  # a local cluster for this process only
-        ray.init(include_dashboard=False, configure_logging=False)
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False)
     else:
         ray.init(address=cfg.address)
 

@@ -145,6 +145,7 @@ class WeightStoreClient:
         self.failures = 0
         self.recreated = 0
         self._handle: Any = None
+        self._looked_up = time.monotonic()
         self._connect()
 
     def _connect(self) -> Any:
@@ -186,7 +187,15 @@ class WeightStoreClient:
         return None
 
     def tell(self, method: str, *args: Any) -> None:
-        """Fire-and-forget call (errors surface on the next :meth:`call`)."""
+        """Fire-and-forget call. A message to a dead store is lost without an error, so the
+        handle is looked up by name again at most once a second (a recreated store is found)."""
+        now = time.monotonic()
+        if now - self._looked_up > 1.0:
+            self._looked_up = now
+            try:
+                self._handle = ray.get_actor(self.name, namespace=STORE_NAMESPACE)
+            except ValueError:
+                self._handle = None
         handle = self.handle
         if handle is not None:
             getattr(handle, method).remote(*args)

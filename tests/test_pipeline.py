@@ -183,3 +183,4 @@ def test_data_error_finds_the_shard_line():
     wrapped = RuntimeError("Traceback ...\n" + str(SampleError("s3://b/train-000001.tar", "k7", "label 12 >= 10")) + "\nmore")
     assert data_error(wrapped) == "shard 's3://b/train-000001.tar', sample 'k7': label 12 >= 10"
     assert data_error(RuntimeError("unrelated")) is None
+
