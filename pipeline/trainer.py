@@ -222,10 +222,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "samples": seen,
             "steps": step,
         }
+        # every rank iterates the (unsplit) test sets: Ray Train coordinates their execution
+        # across workers, so rank 0 alone would wait for the others forever
+        for name, key in (("test", "test_accuracy"), ("ood_test", "ood_accuracy")):
+            if name in loop_config["eval_sets"]:
+                record[key] = _evaluate(model, ray.train.get_dataset_shard(name), spec, device, 256)
         if rank == 0:
-            for name, key in (("test", "test_accuracy"), ("ood_test", "ood_accuracy")):
-                if name in loop_config["eval_sets"]:
-                    record[key] = _evaluate(model, ray.train.get_dataset_shard(name), spec, device, 256)
             print(
                 f"[reldrop] epoch {epoch + 1}/{cfg.epochs} loss {record['loss']:.4f} "
                 f"train_acc {record['train_accuracy']:.3f} "

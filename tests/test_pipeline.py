@@ -184,3 +184,24 @@ def test_data_error_finds_the_shard_line():
     assert data_error(wrapped) == "shard 's3://b/train-000001.tar', sample 'k7': label 12 >= 10"
     assert data_error(RuntimeError("unrelated")) is None
 
+
+
+def test_two_trainers_ddp_async(decoy_root, tmp_path):
+    """Two DDP workers (gloo) with the explainer stage: each gets half the stream, every key
+    once, staleness within the bound. Runs in its own process with a 4-logical-CPU local Ray,
+    because the shared 2-CPU cluster cannot hold two trainer workers, an explainer and reads."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jobs.train", "--train", f"{decoy_root}#train",
+           "--test", f"{decoy_root}#test-id", "--trainers", "2", "--mode", "async",
+           "--epochs", "1", "--batch-size", "16", "--num-cpus", "4", "--record-keys",
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, timeout=480, capture_output=True)
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["keys"]) == 2
+    assert all(len(w[0]) == 160 for w in report["keys"])  # equal split
+    _assert_exactly_once(report, 320)
+    assert report["staleness"]["max"] <= report["staleness_bound"]
+    assert len(report["versions_seen"]) >= 3
