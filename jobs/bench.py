@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -50,7 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.bench import BenchConfig, run_bench  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.studies.bench import BenchConfig, run_bench  # noqa: PLC0415 (heavy import)
 
     names = set(BenchConfig.__dataclass_fields__)
     config = BenchConfig(**{k: v for k, v in vars(args).items() if k in names})

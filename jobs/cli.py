@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"reldrop: unknown command {command!r}; known: {sorted(COMMANDS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"jobs.{COMMANDS[command]}")
+    module = importlib.import_module(f"reldrop.jobs.{COMMANDS[command]}")
     result = module.main(module.parse_args(rest))
     return int(result or 0)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 
 def _method_list(text: str) -> list[str]:
     """``a,b,c`` -> known method names (argparse turns the error into a usage message)."""
-    from pipeline.compare import METHODS  # noqa: PLC0415
+    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
 
     names = [m.strip() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
@@ -31,7 +31,7 @@ def _method_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.compare import DEFAULT_METHODS  # noqa: PLC0415
+    from reldrop.pipeline.studies.compare import DEFAULT_METHODS  # noqa: PLC0415
 
     p = new_parser("reldrop compare", __doc__ or "")
     p.add_argument("--methods", type=_method_list, default=list(DEFAULT_METHODS),
@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.studies.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
 
     cfg = CompareConfig(
         methods=tuple(args.methods), seeds=tuple(range(args.seeds)), epochs=args.epochs,

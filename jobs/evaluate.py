@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
 
     report = evaluate_checkpoint(
         args.checkpoint,

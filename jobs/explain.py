@@ -7,7 +7,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.explain import explain_dataset  # noqa: PLC0415
+    from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
 
     summary = explain_dataset(
         args.checkpoint, args.data, out_url=args.out, composite=args.composite,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -33,7 +33,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.datasets import build_dataset  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
 
     summary = build_dataset(
         args.dataset,

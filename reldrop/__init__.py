@@ -1,7 +1,12 @@
 """reldrop: Relevance-driven Input Dropout (Grüne et al. 2025, arXiv 2505.21595).
 
-The algorithm layer: pure torch + zennit, usable without Ray.
+The algorithm layer (this folder's modules): pure torch + zennit, usable without Ray. The
+distributed layers install as ``reldrop.pipeline`` (Ray, shards, streaming) and
+``reldrop.jobs`` (command-line entry points).
 """
+
+
+from pathlib import Path as _Path
 
 from reldrop.augment import AugmentStats, RelDrop
 from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
@@ -29,3 +34,18 @@ __all__ = [
     "relevance",
     "save_checkpoint",
 ]
+
+
+def _layer_folders() -> None:
+    """In a source checkout (editable install, ``ray job submit --working-dir .``) the layers
+    live in the top-level folders ``pipeline/`` and ``jobs/`` beside this package; an installed
+    wheel places them inside it. Let ``reldrop.pipeline`` / ``reldrop.jobs`` find them."""
+    here = _Path(__file__).resolve().parent
+    root = here.parent
+    if not (here / "pipeline").is_dir() and all(
+        (root / layer / "__init__.py").is_file() for layer in ("pipeline", "jobs")
+    ):
+        __path__.append(str(root))
+
+
+_layer_folders()

@@ -80,7 +80,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def decoy_root(tmp_path_factory):
     """A small DecoyMNIST (400 digits: 320 train in 7 shards, 80 per test split)."""
-    from pipeline.datasets import build_dataset
+    from reldrop.pipeline.data.datasets import build_dataset
 
     root = tmp_path_factory.mktemp("decoy") / "decoy-mnist"
     build_dataset("decoy-mnist", str(root), seed=0, limit=400, shard_size=50, progress=False)

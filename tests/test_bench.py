@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-
-from jobs import bench
+from reldrop.jobs import bench
 
 HEADLINE = (
     "critical_path_ratio_async",
@@ -25,7 +24,7 @@ def test_parse_args_tiny_sets_small_sizes() -> None:
 
 
 def test_bench_config_rejects_bad_sizes() -> None:
-    from pipeline.bench import BenchConfig
+    from reldrop.pipeline.studies.bench import BenchConfig
 
     with pytest.raises(ValueError, match="rounds=0"):
         BenchConfig(rounds=0)

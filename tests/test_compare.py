@@ -6,9 +6,8 @@ import json
 import math
 
 import pytest
-
-from jobs.compare import main, parse_args
-from pipeline.compare import (
+from reldrop.jobs.compare import main, parse_args
+from reldrop.pipeline.studies.compare import (
     METHODS,
     METRICS,
     CompareConfig,

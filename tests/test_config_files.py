@@ -14,16 +14,15 @@ from typing import Any
 
 import pytest
 import yaml
-
-from jobs._args import new_parser, parse_with_config
-from jobs.cli import COMMANDS
+from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _job_modules() -> list[str]:
     """Job modules that exist in this checkout (others are written in parallel)."""
-    return [f"jobs.{m}" for m in COMMANDS.values() if importlib.util.find_spec(f"jobs.{m}")]
+    return [f"reldrop.jobs.{m}" for m in COMMANDS.values() if importlib.util.find_spec(f"reldrop.jobs.{m}")]
 
 
 JOBS = _job_modules()
@@ -171,7 +170,7 @@ def test_job_module_runs_with_python_dash_m(job: str) -> None:
 
 
 def test_demo_yaml_is_the_embedded_demo() -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     args = train.parse_args(["--config", str(REPO / "configs/demo.yaml")])
     defaults = train.parse_args([])
@@ -182,7 +181,7 @@ def test_demo_yaml_is_the_embedded_demo() -> None:
 
 
 def test_cluster_gpu_toml() -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     args = train.parse_args(["--config", str(REPO / "configs/cluster-gpu.toml")])
     assert args.use_gpu is True and args.trainers == 4 and args.explainers == 8
@@ -193,7 +192,7 @@ def test_cluster_gpu_toml() -> None:
 
 
 def test_key_spellings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     path = _write(tmp_path, "a.yaml", {"batch_size": 16, "lambda": 1, "p": 0.25, "lr": 1})
     args = train.parse_args(["--config", str(path)])
@@ -218,7 +217,7 @@ def test_key_spellings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_bad_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str | None, message: str
 ) -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     path = tmp_path / name
     if text is not None:
@@ -227,7 +226,7 @@ def test_bad_files(
 
 
 def test_null_allowed_where_the_default_is_none(tmp_path: Path) -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     path = _write(tmp_path, "a.yaml", {"train": None, "limit": None, "epochs": 2})
     args = train.parse_args(["--config", str(path)])
@@ -236,7 +235,7 @@ def test_null_allowed_where_the_default_is_none(tmp_path: Path) -> None:
 
 
 def test_empty_yaml_changes_nothing(tmp_path: Path) -> None:
-    from jobs import train
+    from reldrop.jobs import train
 
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing\n")

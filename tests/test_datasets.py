@@ -6,11 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from pipeline.datasets import BuildOptions, available_datasets, ensure_dataset, get_source
-from pipeline.datasets.mnist import SWATCH, decoy_shade
-from pipeline.manifest import read_manifest
-from pipeline.shards import iter_samples
+from reldrop.pipeline.data.datasets import (
+    BuildOptions,
+    available_datasets,
+    ensure_dataset,
+    get_source,
+)
+from reldrop.pipeline.data.datasets.mnist import SWATCH, decoy_shade
+from reldrop.pipeline.data.manifest import read_manifest
+from reldrop.pipeline.data.shards import iter_samples
 
 
 def _split(name: str, split: str, **options) -> list[dict]:

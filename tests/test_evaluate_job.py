@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from reldrop.jobs import evaluate as job
+from reldrop.pipeline.studies.evaluate import evaluate_checkpoint, sample_batches
 
-from jobs import evaluate as job
-from pipeline.evaluate import evaluate_checkpoint, sample_batches
 from reldrop.checkpoint import ModelSpec, save_checkpoint
 from reldrop.normalization import Normalization
 
@@ -88,7 +88,7 @@ def test_sample_batches() -> None:
 
 
 def test_evaluate_job_on_shards(tmp_path, checkpoint) -> None:
-    shards = pytest.importorskip("pipeline.shards")
+    shards = pytest.importorskip("reldrop.pipeline.data.shards")
     root = str(tmp_path / "data")
     shards.write_dataset(root, {"test": _samples(10, 0), "shifted": _samples(6, 1)},
                          dataset="toy", num_classes=3, shard_size=4)

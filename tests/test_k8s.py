@@ -260,16 +260,16 @@ def _image_workdir() -> str:
 
 
 def _parse_entrypoint(entrypoint: str) -> Any:
-    """Parse a `python -m jobs.X ...` or `reldrop X ...` entrypoint with the real parser."""
-    from jobs.cli import COMMANDS
+    """Parse a `python -m reldrop.jobs.X ...` or `reldrop X ...` entrypoint with the real parser."""
+    from reldrop.jobs.cli import COMMANDS
 
     argv = shlex.split(entrypoint)
-    if argv[:2] == ["python", "-m"] and argv[2].startswith("jobs."):
+    if argv[:2] == ["python", "-m"] and argv[2].startswith("reldrop.jobs."):
         module_name, args = argv[2], argv[3:]
-        if module_name == "jobs.cli":
-            module_name, args = f"jobs.{COMMANDS[args[0]]}", args[1:]
+        if module_name == "reldrop.jobs.cli":
+            module_name, args = f"reldrop.jobs.{COMMANDS[args[0]]}", args[1:]
     elif argv[0] == "reldrop":
-        module_name, args = f"jobs.{COMMANDS[argv[1]]}", argv[2:]
+        module_name, args = f"reldrop.jobs.{COMMANDS[argv[1]]}", argv[2:]
     else:
         raise AssertionError(f"entrypoint is not a reldrop job: {entrypoint!r}")
     # files baked into the image at WORKDIR are the repository's files

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from jobs import cli
-from jobs.make_shards import parse_args
-from pipeline.manifest import read_manifest, verify_dataset
-from pipeline.shards import iter_samples
+from reldrop.jobs import cli
+from reldrop.jobs.make_shards import parse_args
+from reldrop.pipeline.data.manifest import read_manifest, verify_dataset
+from reldrop.pipeline.data.shards import iter_samples
 
 
 def test_decoy_mnist(tmp_path: Path, capsys) -> None:

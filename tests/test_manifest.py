@@ -8,8 +8,7 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
-
-from pipeline.manifest import (
+from reldrop.pipeline.data.manifest import (
     ChecksumError,
     Manifest,
     ShardInfo,
@@ -19,7 +18,7 @@ from pipeline.manifest import (
     shard_urls,
     verify_dataset,
 )
-from pipeline.shards import write_dataset
+from reldrop.pipeline.data.shards import write_dataset
 
 
 def _samples(split: str, n: int):

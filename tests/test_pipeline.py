@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from pipeline.config import TrainConfig
-from pipeline.train import run_training
-from pipeline.weight_store import STORE_NAMESPACE, store_name
+from reldrop.pipeline.explanation.weights import STORE_NAMESPACE, store_name
+from reldrop.pipeline.training.config import TrainConfig
+from reldrop.pipeline.training.driver import run_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -124,7 +123,8 @@ def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):
 
 
 def test_precomputed_mode(ray_local, decoy_root, tmp_path):
-    from pipeline.explain import explain_dataset
+    from reldrop.pipeline.explanation.precompute import explain_dataset
+
     from reldrop.checkpoint import ModelSpec, save_checkpoint
 
     root = tmp_path / "data"
@@ -142,9 +142,9 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 def test_explainer_matches_direct_relevance(ray_local):
     import ray
+    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+    from reldrop.pipeline.explanation.weights import WeightStoreClient
 
-    from pipeline.explainer import ExplainerStage, StageConfig
-    from pipeline.weight_store import WeightStoreClient
     from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
     from reldrop.occlusion import OcclusionConfig
     from reldrop.relevance import relevance
@@ -177,8 +177,8 @@ def test_explainer_matches_direct_relevance(ray_local):
 
 
 def test_data_error_finds_the_shard_line():
-    from pipeline.codecs import SampleError
-    from pipeline.stream import data_error
+    from reldrop.pipeline.data.codecs import SampleError
+    from reldrop.pipeline.data.stream import data_error
 
     wrapped = RuntimeError("Traceback ...\n" + str(SampleError("s3://b/train-000001.tar", "k7", "label 12 >= 10")) + "\nmore")
     assert data_error(wrapped) == "shard 's3://b/train-000001.tar', sample 'k7': label 12 >= 10"
@@ -194,7 +194,7 @@ def test_two_trainers_ddp_async(decoy_root, tmp_path):
     import sys
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jobs.train", "--train", f"{decoy_root}#train",
+    cmd = [sys.executable, "-m", "reldrop.jobs.train", "--train", f"{decoy_root}#train",
            "--test", f"{decoy_root}#test-id", "--trainers", "2", "--mode", "async",
            "--epochs", "1", "--batch-size", "16", "--num-cpus", "4", "--record-keys",
            "--out", str(out)]

@@ -28,8 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from jobs.cli import COMMANDS
+from reldrop.jobs.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "k8s" / "README.md"
@@ -51,18 +50,18 @@ SUBMITS = _submit_commands()
 
 
 def _entrypoint_module(argv: list[str]) -> tuple[str, list[str]]:
-    if argv[:2] == ["python", "-m"] and argv[2] == "jobs.cli":
-        return f"jobs.{COMMANDS[argv[3]]}", argv[4:]
-    if argv[:2] == ["python", "-m"] and argv[2].startswith("jobs."):
+    if argv[:2] == ["python", "-m"] and argv[2] == "reldrop.jobs.cli":
+        return f"reldrop.jobs.{COMMANDS[argv[3]]}", argv[4:]
+    if argv[:2] == ["python", "-m"] and argv[2].startswith("reldrop.jobs."):
         return argv[2], argv[3:]
     if argv[0] == "reldrop":
-        return f"jobs.{COMMANDS[argv[1]]}", argv[2:]
+        return f"reldrop.jobs.{COMMANDS[argv[1]]}", argv[2:]
     raise AssertionError(f"not a reldrop job entrypoint: {argv}")
 
 
 def test_readme_documents_every_job() -> None:
     modules = {_entrypoint_module(shlex.split(c.split(" -- ", 1)[1]))[0] for c in SUBMITS}
-    assert {"jobs.make_shards", "jobs.train"} <= modules, modules
+    assert {"reldrop.jobs.make_shards", "reldrop.jobs.train"} <= modules, modules
     text = README.read_text()
     for module in ("explain", "evaluate", "compare"):
         assert module in text
@@ -208,7 +207,7 @@ def test_ray_job_submit_runs_the_cli(ray_head: tuple[str, dict[str, str]]) -> No
     """The documented form; the same job lists what the working-dir upload contained."""
     url, env = ray_head
     listing = "python -c 'import os; print(\"LISTING\", sorted(os.listdir()))'"
-    result = _submit(url, env, "sh", "-c", f"python -m jobs.cli --help && {listing}")
+    result = _submit(url, env, "sh", "-c", f"python -m reldrop.jobs.cli --help && {listing}")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "usage: reldrop {make-shards,train" in out
@@ -224,7 +223,7 @@ def test_ray_job_submit_runs_the_cli(ray_head: tuple[str, dict[str, str]]) -> No
 @pytest.mark.ray
 def test_failed_job_fails_the_submit(ray_head: tuple[str, dict[str, str]]) -> None:
     url, env = ray_head
-    result = _submit(url, env, "python", "-m", "jobs.train", "--config", "no-such-file.yaml")
+    result = _submit(url, env, "python", "-m", "reldrop.jobs.train", "--config", "no-such-file.yaml")
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "no-such-file.yaml" in out and "does not exist" in out
@@ -233,14 +232,14 @@ def test_failed_job_fails_the_submit(ray_head: tuple[str, dict[str, str]]) -> No
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_job_makes_shards(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
-    if importlib.util.find_spec("jobs.make_shards") is None:
+    if importlib.util.find_spec("reldrop.jobs.make_shards") is None:
         pytest.skip("jobs/make_shards.py does not exist yet")
     url, env = ray_head
     out_dir = tmp_path / "digits"
     argv = ["--dataset", "digits", "--limit", "40", "--shard-size", "16", "--no-progress"]
     argv += ["--out", str(out_dir)]
-    importlib.import_module("jobs.make_shards").parse_args(argv)
-    result = _submit(url, env, "python", "-m", "jobs.make_shards", *argv)
+    importlib.import_module("reldrop.jobs.make_shards").parse_args(argv)
+    result = _submit(url, env, "python", "-m", "reldrop.jobs.make_shards", *argv)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert (out_dir / "manifest.parquet").is_file(), out

@@ -10,12 +10,23 @@ import fsspec
 import numpy as np
 import pytest
 import webdataset as wds
-
-from pipeline.codecs import SampleError, encode_sample
-from pipeline.columns import read_columns, read_split_columns, write_columns
-from pipeline.fs import arrow_filesystem, resolve
-from pipeline.manifest import ChecksumError, Manifest, ShardInfo, read_manifest, write_manifest
-from pipeline.shards import ShardDataset, ShardError, SkipReport, iter_samples, write_dataset
+from reldrop.pipeline.data.codecs import SampleError, encode_sample
+from reldrop.pipeline.data.columns import read_columns, read_split_columns, write_columns
+from reldrop.pipeline.data.fs import arrow_filesystem, resolve
+from reldrop.pipeline.data.manifest import (
+    ChecksumError,
+    Manifest,
+    ShardInfo,
+    read_manifest,
+    write_manifest,
+)
+from reldrop.pipeline.data.shards import (
+    ShardDataset,
+    ShardError,
+    SkipReport,
+    iter_samples,
+    write_dataset,
+)
 
 
 def _samples(split: str, n: int, *, masks: bool = True):

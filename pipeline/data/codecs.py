@@ -12,7 +12,7 @@ optional ``mask.png`` / ``mask.npy``. Keys contain no ``.`` (WebDataset splits a
 
 Ray Data reads the same shards; the pipeline should call::
 
-    fs, path = pipeline.fs.arrow_filesystem(root_url)
+    fs, path = reldrop.pipeline.data.fs.arrow_filesystem(root_url)
     ds = ray.data.read_webdataset(
         [arrow path of each shard URL from Manifest.shard_urls(split)],
         filesystem=fs, decoder=None, num_cpus=0.25)

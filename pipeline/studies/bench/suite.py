@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from reldrop.pipeline.studies.bench.micro import bare_relevance, train_steps
+from reldrop.pipeline.studies.bench.runs import MODES, median_of, pipeline_run
+from reldrop.pipeline.training.config import TrainConfig
 
-from pipeline.bench.micro import bare_relevance, train_steps
-from pipeline.bench.runs import MODES, median_of, pipeline_run
-from pipeline.config import TrainConfig
 from reldrop.checkpoint import ModelSpec
 
 __all__ = ["AHEAD_STEPS", "BenchConfig", "run_bench"]
@@ -92,7 +92,7 @@ class BenchConfig:
 def _data(cfg: BenchConfig, out: Path) -> str:
     if cfg.data:
         return cfg.data
-    from pipeline.datasets import build_dataset  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415
 
     root = out / "data"
     if not (root / "manifest.parquet").exists():
@@ -180,8 +180,8 @@ def _gpu(cfg: BenchConfig, base: TrainConfig, out: Path, spec: ModelSpec) -> dic
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every section; write ``bench.json`` and ``bench.md`` to ``cfg.out``; return the dict."""
-    from pipeline.bench.markdown import render  # noqa: PLC0415
-    from pipeline.bench.weight_sync import measure_weight_sync  # noqa: PLC0415
+    from reldrop.pipeline.studies.bench.markdown import render  # noqa: PLC0415
+    from reldrop.pipeline.studies.bench.weight_sync import measure_weight_sync  # noqa: PLC0415
 
     start = time.perf_counter()
     out = Path(cfg.out).absolute()

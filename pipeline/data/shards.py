@@ -7,7 +7,7 @@ Writing: :class:`ShardWriter` (``webdataset.TarWriter`` over an fsspec file, rot
 Reading: :func:`iter_samples` plans from the manifest, splits shards across torch
 ``DataLoader`` workers / nodes with webdataset's splitters (a worker without a shard simply
 yields nothing), streams each shard through webdataset's tar iterators and decodes with
-:func:`pipeline.codecs.decode_sample`. Bad data raises an error naming shard URL and key, or
+:func:`reldrop.pipeline.data.codecs.decode_sample`. Bad data raises an error naming shard URL and key, or
 with ``on_error="skip"`` is skipped, counted in a :class:`SkipReport` and logged.
 """
 
@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import webdataset as wds
-from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_expander
-
-from pipeline.codecs import SampleError, decode_sample, encode_sample
-from pipeline.fs import absolute_url, join_url, resolve
-from pipeline.manifest import (
+from reldrop.pipeline.data.codecs import SampleError, decode_sample, encode_sample
+from reldrop.pipeline.data.fs import absolute_url, join_url, resolve
+from reldrop.pipeline.data.manifest import (
     ChecksumError,
     Manifest,
     ShardInfo,
@@ -37,6 +34,8 @@ from pipeline.manifest import (
     verify_shard,
     write_manifest,
 )
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 __all__ = [
     "OnError",
@@ -127,7 +126,7 @@ class ShardWriter:
         self._tar = self._hasher = self._file = None
 
     def write(self, sample: Mapping[str, Any]) -> None:
-        """Encode and append one decoded sample (see :mod:`pipeline.codecs`)."""
+        """Encode and append one decoded sample (see :mod:`reldrop.pipeline.data.codecs`)."""
         entries = encode_sample(sample)
         key = str(entries["__key__"])
         if key in self._keys:

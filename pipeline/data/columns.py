@@ -12,10 +12,9 @@ import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from pipeline.codecs import validate_key
-from pipeline.fs import join_url, resolve
-from pipeline.manifest import shard_name
+from reldrop.pipeline.data.codecs import validate_key
+from reldrop.pipeline.data.fs import join_url, resolve
+from reldrop.pipeline.data.manifest import shard_name
 
 __all__ = ["column_shard_url", "read_columns", "read_split_columns", "write_columns"]
 

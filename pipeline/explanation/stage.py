@@ -1,7 +1,7 @@
 """The explainer stage: a callable class for ``Dataset.map_batches`` on an actor pool.
 
 Each actor holds a model replica. Before each batch it passes the staleness gate, pulls newer
-weights from the :mod:`pipeline.weight_store` if there are any, computes LRP relevance for the
+weights from the :mod:`reldrop.pipeline.explanation.weights` if there are any, computes LRP relevance for the
 samples chosen for occlusion and adds two columns: ``dropped`` (uint8 mask of the elements to
 occlude; the trainer applies the fill, so the original pixels travel once as uint8) and
 ``model_version`` (the version that explained the row; -1 for baselines and precomputed
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from reldrop.pipeline.data.stream import model_inputs
 
-from pipeline.stream import model_inputs
 from reldrop.checkpoint import ModelSpec, load_numpy_state
 from reldrop.occlusion import Occluder
 from reldrop.relevance import relevance
@@ -66,14 +66,14 @@ class ExplainerStage:
         self.busy_s = 0.0  # time inside __call__, gate waits included
         self.started = time.perf_counter()
         if config.use_model:
-            from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415 (imports ray)
+            from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415 (imports ray)
 
             self.model = self.spec.build().to(self.device).eval()
             self.store = WeightStoreClient(config.run_id, max_ahead=config.max_ahead, create=False)
             self._register()
             self._refresh(wait_s=120.0)
         elif config.precomputed:
-            from pipeline.columns import read_split_columns  # noqa: PLC0415
+            from reldrop.pipeline.data.columns import read_split_columns  # noqa: PLC0415
 
             self.precomputed = read_split_columns(config.precomputed, "train")
 

@@ -13,7 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.fs import join_url, resolve
+from reldrop.pipeline.data.fs import join_url, resolve
 
 __all__ = [
     "MANIFEST_NAME",

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from reldrop.pipeline.data.columns import write_columns
+from reldrop.pipeline.data.shards import SkipReport, iter_samples
+from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 
-from pipeline.columns import write_columns
-from pipeline.shards import SkipReport, iter_samples
-from pipeline.stream import model_inputs, parse_data_url
 from reldrop.checkpoint import load_checkpoint
 from reldrop.relevance import relevance
 
@@ -33,7 +33,7 @@ def explain_dataset(
 ) -> dict[str, Any]:
     """Write float16 relevance for every sample of ``data_url`` (``ROOT#split``, default
     ``train``); return a summary (shards, samples, samples/s, skipped)."""
-    from pipeline.manifest import read_manifest  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
 
     root, split = parse_data_url(data_url, "train")
     out_url = out_url or root

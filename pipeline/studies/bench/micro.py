@@ -76,7 +76,7 @@ def train_steps(
     spec: ModelSpec, *, batch: int, threads: int, size: int = 28, iters: int = 20, warmup: int = 3,
     augment: str = "none", device: str = "cpu", lr: float = 0.05,
 ) -> dict[str, Any]:
-    """Seconds per training step of the trainer's step (plain CE, SGD as in ``pipeline.trainer``),
+    """Seconds per training step of the trainer's step (plain CE, SGD as in ``reldrop.pipeline.training.worker``),
     with in-loop RelDrop first when ``augment`` is not ``"none"`` (the ``sync`` mode)."""
     from reldrop.augment import RelDrop  # noqa: PLC0415
     from reldrop.regularizers import make_regularizer  # noqa: PLC0415

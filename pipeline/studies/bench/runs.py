@@ -1,6 +1,6 @@
 """Pipeline runs for the benchmark: ``run_training`` reports reduced to the figures compared.
 
-All runs share one Ray session and one base :class:`~pipeline.config.TrainConfig`; only the
+All runs share one Ray session and one base :class:`~reldrop.pipeline.training.config.TrainConfig`; only the
 augmentation, mode, publish interval, explainer count and device change between them.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TrainConfig
+from reldrop.pipeline.training.config import TrainConfig
 
 __all__ = ["MODES", "explainer_rates", "median_of", "pipeline_run"]
 
@@ -47,7 +47,7 @@ def explainer_rates(stats: dict[str, dict[str, float]]) -> dict[str, Any] | None
 
 def pipeline_run(base: TrainConfig, name: str, out: Path, **changes: Any) -> dict[str, Any]:
     """One ``run_training`` call; the figures the benchmark reads from its report."""
-    from pipeline.train import run_training  # noqa: PLC0415 (imports Ray)
+    from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415 (imports Ray)
 
     cfg = replace(base, out=str(out / name), **changes)
     start = time.perf_counter()

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from reldrop.pipeline.data.stream import data_error, model_inputs
+from reldrop.pipeline.training.config import TrainConfig
 
-from pipeline.config import TrainConfig
-from pipeline.stream import data_error, model_inputs
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec, save_checkpoint, state_to_numpy
 from reldrop.occlusion import Occluder
@@ -49,7 +49,7 @@ class _Publisher:
     """Rank 0's side of the weight store: publish, and recreate the store if it died."""
 
     def __init__(self, cfg: TrainConfig, run_id: str, model: torch.nn.Module) -> None:
-        from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415
+        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
 
         self.client = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=True)
         self.model = model
@@ -104,7 +104,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     publisher = _Publisher(cfg, run_id, inner) if rank == 0 and cfg.needs_explainer else None
     gate = None
     if cfg.needs_explainer:
-        from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415
+        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
 
         gate = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=False)
 

@@ -1,15 +1,20 @@
 """Dataset builders by name (``decoy-mnist``, ``mnist``, ``digits``, ``points``, ``npz:PATH``,
 ``folder:PATH``), one module per builder, and the functions that write them as shards."""
 
-from pipeline.datasets import arrays, digits, folder, mnist, points  # noqa: F401 (registers)
-from pipeline.datasets._registry import (
+from reldrop.pipeline.data.datasets import arrays, digits, folder, mnist, points  # noqa: F401 (registers)
+from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,
     available_datasets,
     get_source,
     register_dataset,
 )
-from pipeline.datasets.build import BuildSummary, SplitSummary, build_dataset, ensure_dataset
+from reldrop.pipeline.data.datasets.build import (
+    BuildSummary,
+    SplitSummary,
+    build_dataset,
+    ensure_dataset,
+)
 
 __all__ = [
     "BuildOptions",

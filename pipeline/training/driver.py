@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
+from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
+from reldrop.pipeline.training.report import merge_workers, summary_table, write_report
 
-from pipeline.config import DEFAULT_DATA_DIR, TrainConfig
-from pipeline.explainer import ExplainerStage, StageConfig
-from pipeline.report import merge_workers, summary_table, write_report
-from pipeline.stream import DataPlan, plan_split, read_split
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 
@@ -34,7 +34,7 @@ READ_CPUS = 0.25
 
 def default_data(seed: int = 0) -> tuple[str, str, str]:
     """Build (once) the demo DecoyMNIST shards in the cache dir; return train, test, OOD URLs."""
-    from pipeline.datasets import ensure_dataset  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import ensure_dataset  # noqa: PLC0415
 
     root = str(DEFAULT_DATA_DIR / f"{DEMO_DATASET}-seed{seed}")
     ensure_dataset(DEMO_DATASET, root, seed=seed, progress=True)
@@ -43,7 +43,7 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
     """Model spec from the manifest; per-channel mean/std estimated from the first samples."""
-    from pipeline.shards import iter_samples  # noqa: PLC0415
+    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415
 
     m = plan.manifest
     if m.modality == "points":
@@ -149,7 +149,7 @@ def run_training(
         )
     store = None
     if cfg.needs_explainer:
-        from pipeline.weight_store import WeightStoreClient  # noqa: PLC0415
+        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
 
         store = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=True)
     train_ds = read_split(plan, on_error=cfg.on_error, read_cpus=READ_CPUS, limit=cfg.limit,
@@ -238,7 +238,7 @@ def _is_remote(url: str) -> bool:
 
 def _upload(local: Path, url: str) -> None:
     """Copy the run's files (not Ray's own results, already there) to ``url`` via fsspec."""
-    from pipeline.fs import resolve  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
 
     fs, path = resolve(url)
     fs.makedirs(path, exist_ok=True)
@@ -248,7 +248,7 @@ def _upload(local: Path, url: str) -> None:
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
-    from pipeline.trainer import train_loop_per_worker  # noqa: PLC0415
+    from reldrop.pipeline.training.worker import train_loop_per_worker  # noqa: PLC0415
 
     train_loop_per_worker(loop_config)
 
@@ -256,7 +256,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 def _plots(out: Path, report: dict[str, Any], checkpoint: Path, cfg: TrainConfig) -> dict[str, str]:
     """Loss/accuracy curves and an input / relevance / occluded grid (needs the plots extra)."""
     try:
-        from pipeline.figures import training_figures  # noqa: PLC0415
+        from reldrop.pipeline.studies.figures import training_figures  # noqa: PLC0415
     except ImportError as err:  # pragma: no cover - depends on optional extra
         print(f"[reldrop] plots skipped: {err}", file=sys.stderr)
         return {}

@@ -7,10 +7,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipeline.datasets._registry import BuildOptions, get_source
-from pipeline.fs import resolve
-from pipeline.manifest import Manifest, has_manifest, read_manifest
-from pipeline.shards import write_dataset
+from reldrop.pipeline.data.datasets._registry import BuildOptions, get_source
+from reldrop.pipeline.data.fs import resolve
+from reldrop.pipeline.data.manifest import Manifest, has_manifest, read_manifest
+from reldrop.pipeline.data.shards import write_dataset
 
 __all__ = ["BuildSummary", "SplitSummary", "build_dataset", "ensure_dataset"]
 

@@ -5,12 +5,12 @@ A method is an augmentation run through the pipeline (``none``, ``random-erasing
 ``reldrop-pixel``, ``reldrop-block``; ``sync`` = in the training loop, ``async`` = the explainer
 stage) or a trainer-side regularizer (GradMask, RRR, ActDiff, ISNet, classify-masked; see
 :mod:`reldrop.regularizers`), which always trains with ``augment none`` in ``sync`` mode. Every
-training runs on Ray (Ray Data + Ray Train) through :func:`pipeline.train.run_training`; with
+training runs on Ray (Ray Data + Ray Train) through :func:`reldrop.pipeline.training.driver.run_training`; with
 ``parallel > 1`` whole runs are Ray tasks, so a cluster trains several at once.
 
 The figures of a run (:data:`METRICS`): in-distribution and out-of-distribution accuracy of the
 final model on the full test splits (DecoyMNIST: ``test-id`` keeps the class-encoding swatch,
-``test`` randomises it, Ross et al. 2017), and from :func:`pipeline.evaluate.evaluate_checkpoint`
+``test`` randomises it, Ross et al. 2017), and from :func:`reldrop.pipeline.studies.evaluate.evaluate_checkpoint`
 on ``test-id`` with the digit masks: the area under the relevance-ordered occlusion curve
 (lower = the model relies on what its relevance points at) and the share of positive relevance
 inside the mask (higher = the model looks at the digit, not the swatch). Time per epoch is the
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TrainConfig
+from reldrop.pipeline.training.config import TrainConfig
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -118,7 +118,7 @@ class CompareConfig:
     def urls(self) -> tuple[str, str, str]:
         """(train, in-distribution test, out-of-distribution test) shard URLs."""
         if self.data is None:
-            from pipeline.train import default_data  # noqa: PLC0415 (builds the demo data once)
+            from reldrop.pipeline.training.driver import default_data  # noqa: PLC0415 (builds the demo data once)
 
             return default_data(0)
         root = self.data.rstrip("/")
@@ -134,7 +134,7 @@ class CompareConfig:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    from pipeline.evaluate import _json_safe  # noqa: PLC0415 (NaN -> null, as evaluation.json)
+    from reldrop.pipeline.studies.evaluate import _json_safe  # noqa: PLC0415 (NaN -> null, as evaluation.json)
 
     path.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
 
@@ -150,8 +150,8 @@ def run_method(
     method: str, seed: int, cfg: CompareConfig, urls: tuple[str, str, str], **train_kwargs: Any
 ) -> dict[str, Any]:
     """Train ``method`` with ``seed``, evaluate its final checkpoint; return the run record."""
-    from pipeline.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from pipeline.train import run_training  # noqa: PLC0415
+    from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415
+    from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415
 
     out = Path(cfg.out) / "runs" / method / f"seed{seed}"
     train, test, ood = urls
@@ -264,8 +264,7 @@ def _parallel_runs(
     ``cfg.parallel`` at a time; explainer CPUs are sized from a 1/parallel share of the cluster
     so that concurrent runs cannot starve each other's reads (ARCHITECTURE.md §5)."""
     import ray  # noqa: PLC0415
-
-    from pipeline.train import READ_CPUS, _init_ray  # noqa: PLC0415
+    from reldrop.pipeline.training.driver import READ_CPUS, _init_ray  # noqa: PLC0415
 
     _init_ray(cfg.base_train_config())
     share = float(ray.cluster_resources().get("CPU", 0)) / cfg.parallel

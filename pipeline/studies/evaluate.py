@@ -3,7 +3,7 @@
 Data are named as everywhere in the pipeline: ``ROOT#split`` (shard root URL, then the split),
 a plain ``ROOT`` meaning split ``test``. Instead of a URL, any iterable of decoded samples
 (dicts with ``image`` uint8 C x H x W, ``label`` int and optional ``mask`` uint8 H x W, as
-:func:`pipeline.shards.iter_samples` yields) can be given, which is what the tests do.
+:func:`reldrop.pipeline.data.shards.iter_samples` yields) can be given, which is what the tests do.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from torch import nn
 
-from pipeline.stream import model_inputs, parse_data_url
 from reldrop.checkpoint import ModelSpec, load_checkpoint
 from reldrop.evaluation import FRACTIONS, EvaluationResult, evaluate
 
@@ -109,7 +109,7 @@ def evaluate_model(
 def _samples(data: Data, on_error: Literal["raise", "skip"]) -> tuple[str, Iterable[Any]]:
     if isinstance(data, str):
         root, split = parse_data_url(data, DEFAULT_SPLIT)
-        from pipeline.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+        from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
 
         return f"{root}#{split}", iter_samples(root, split, on_error=on_error)
     return "<samples>", data

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.codecs import SampleError, decode_row
-from pipeline.manifest import ChecksumError, Manifest, read_manifest, verify_shard
+from reldrop.pipeline.data.codecs import SampleError, decode_row
+from reldrop.pipeline.data.manifest import ChecksumError, Manifest, read_manifest, verify_shard
 
 __all__ = ["DataPlan", "data_error", "model_inputs", "parse_data_url", "plan_split", "read_split"]
 
@@ -60,7 +59,7 @@ def plan_split(url: str, default_split: str, *, on_error: str, verify: bool | No
     if not verify and not (verify is None and on_error == "skip"):
         _check_sizes(infos, urls)  # cheap: catches truncated shards before Ray starts
     if verify or (verify is None and on_error == "skip"):
-        from pipeline.fs import resolve  # noqa: PLC0415
+        from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
 
         good = []
         for info, shard_url in zip(infos, urls):
@@ -78,7 +77,7 @@ def plan_split(url: str, default_split: str, *, on_error: str, verify: bool | No
 
 
 def _check_sizes(infos: Any, urls: list[str]) -> None:
-    from pipeline.fs import resolve  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
 
     for info, shard_url in zip(infos, urls):
         fs, path = resolve(shard_url)
@@ -142,8 +141,7 @@ def read_split(
     block otherwise).
     """
     import ray  # noqa: PLC0415
-
-    from pipeline.fs import arrow_filesystem  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import arrow_filesystem  # noqa: PLC0415
 
     if not plan.urls:
         raise ValueError(f"no readable shards left for split {plan.split!r} of {plan.root!r}")

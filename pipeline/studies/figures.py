@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.stream import model_inputs, parse_data_url
+from reldrop.pipeline.training.config import TrainConfig
 
-from pipeline.config import TrainConfig
-from pipeline.shards import iter_samples
-from pipeline.stream import model_inputs, parse_data_url
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import load_checkpoint
 from reldrop.plots import plot_relevance_grid, plot_training_curves

@@ -1,7 +1,7 @@
 """Weight sync latency: from the trainer's publish to every explainer holding the new version.
 
-Followers are plain Ray actors that each hold an :class:`~pipeline.explainer.ExplainerStage`
-and refresh it through its own code path (``latest`` on the :mod:`pipeline.weight_store`, pull
+Followers are plain Ray actors that each hold an :class:`~reldrop.pipeline.explanation.stage.ExplainerStage`
+and refresh it through its own code path (``latest`` on the :mod:`reldrop.pipeline.explanation.weights`, pull
 the object, ``load_numpy_state``), polling as fast as an idle explainer would. The clock starts
 before the driver's ``ray.put`` of the numpy state dict, as in the trainer's publish.
 """
@@ -14,9 +14,9 @@ import uuid
 from typing import Any
 
 import ray
+from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+from reldrop.pipeline.explanation.weights import WeightStoreClient
 
-from pipeline.explainer import ExplainerStage, StageConfig
-from pipeline.weight_store import WeightStoreClient
 from reldrop.checkpoint import ModelSpec, state_to_numpy
 from reldrop.occlusion import OcclusionConfig
 
