@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
-from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.report import merge_workers, summary_table, write_report
 
@@ -70,7 +70,7 @@ def _sizing(cfg: TrainConfig, total_cpus: float) -> float:
 
 
 def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, cpus: float) -> Any:
-    import ray  # noqa: PLC0415
+    from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
 
     if cfg.augment == "none" or cfg.mode == "sync":
         return ds
@@ -87,14 +87,10 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, cpus: float)
         device="cuda" if cfg.explainer_gpus > 0 else "cpu",
     )
     size = cfg.explainers if cfg.needs_explainer else 1
-    return ds.map_batches(
-        ExplainerStage,
-        fn_constructor_args=(stage,),
-        batch_size=cfg.stage_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
-        num_cpus=cpus,
-        num_gpus=cfg.explainer_gpus or None,
+    return append_stage(
+        ds, stage, batch_size=cfg.stage_batch_size,
+        compute=pool_strategy(size, cpus=cpus, gpus=cfg.explainer_gpus), cpus=cpus,
+        gpus=cfg.explainer_gpus,
         resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
     )
 
@@ -183,7 +179,7 @@ def run_training(
         result = trainer.fit()
     finally:
         if store is not None:
-            explainer_stats = store.call("explainer_stats", timeout=5.0) or {}
+            explainer_stats = store.explainer_stats(timeout=5.0)
             store.kill()
     if result.metrics is None or result.checkpoint is None:
         raise RuntimeError(f"training run {run_id} finished without a final report: {result.error}")
