@@ -19,6 +19,7 @@ meanwhile.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,8 +120,9 @@ class WeightPublisher:
                 self.client.reset_progress(self.consumed_rows * self.world_size)
                 if result is None:
                     result = self.client.publish(version, put)
-        except ValueError:  # not newer, or weights of another shape / non-finite
+        except ValueError as err:  # not newer, or weights of another shape / non-finite
             self.rejected += 1
+            warnings.warn(f"weight publish of version {version} {err}", stacklevel=2)
             return False
         self.publish_ms.append((time.perf_counter() - start) * 1e3)
         return result is not None

@@ -127,6 +127,8 @@ class ExplainerStage:
     def _register(self) -> None:
         import ray  # noqa: PLC0415
 
+        if not ray.is_initialized():  # in-process use without Ray (tests, benchmarks)
+            return
         ctx = ray.get_runtime_context()
         if ctx.get_actor_id() is not None:  # also usable in-process (tests, benchmarks)
             self.store.register_explainer(ctx.get_actor_id(), ctx.current_actor)
