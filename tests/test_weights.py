@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.pipeline.explanation.store import (
     ExplainerBook,
