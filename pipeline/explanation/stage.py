@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ __all__ = ["ExplainerStage", "StageConfig"]
 class StageConfig:
     """What an explainer actor needs (travels to the actor; no globals read there).
 
-    The model comes from ``spec`` (a :class:`~reldrop.checkpoint.ModelSpec` as JSON) or from
+    An explainer waits up to ``first_weights_timeout_s`` for the trainer's first publish
+    (the trainer may start long after the actors on a busy cluster). The model comes from ``spec`` (a :class:`~reldrop.checkpoint.ModelSpec` as JSON) or from
     ``model_factory`` (a picklable zero-argument callable returning an ``nn.Module``);
     ``normalization`` defaults to the spec's.
     """
@@ -52,6 +54,7 @@ class StageConfig:
     label_column: str = "label"
     max_ahead: int = 1 << 30
     gate_timeout_s: float = 15.0
+    first_weights_timeout_s: float = 300.0
     threads: int = 1
     seed: int = 0
     device: str = "cpu"
@@ -114,7 +117,12 @@ class ExplainerStage:
             )
             self.store = WeightStoreClient(config.run_id, max_ahead=config.max_ahead, create=False)
             self._register()
-            self._refresh(wait_s=120.0)
+            self._refresh(wait_s=config.first_weights_timeout_s)
+            if self.version < 0:
+                warnings.warn(
+                    f"explainer of run {config.run_id!r}: no weights published within "
+                    f"{config.first_weights_timeout_s:g} s; explaining with the initial model "
+                    "(rows carry model_version -1) until the trainer publishes", stacklevel=2)
         elif config.precomputed:
             from reldrop.pipeline.data.columns import read_split_columns  # noqa: PLC0415
 
