@@ -141,7 +141,6 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 
 def test_explainer_matches_direct_relevance(ray_local):
-    import ray
     from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
     from reldrop.pipeline.explanation.weights import WeightStoreClient
 
@@ -154,7 +153,7 @@ def test_explainer_matches_direct_relevance(ray_local):
     model = spec.build()
     client = WeightStoreClient("direct", max_ahead=10_000, create=True)
     try:
-        client.call("publish", 5, [ray.put(state_to_numpy(model))])
+        assert client.publish(5, state_to_numpy(model)) == 5
         stage = ExplainerStage(StageConfig(run_id="direct", spec=spec.to_json(),
                                            occlusion=OcclusionConfig(strategy="reldrop-pixel", p=1.0)))
         assert stage.version == 5
@@ -170,8 +169,8 @@ def test_explainer_matches_direct_relevance(ray_local):
         out = stage(dict(batch))
         assert (out["model_version"] == 5).all()
         # a stale publish is rejected
-        with pytest.raises(Exception, match="not newer"):
-            client.call("publish", 3, [ray.put(state_to_numpy(model))])
+        with pytest.raises(ValueError, match="not newer"):
+            client.publish(3, state_to_numpy(model))
     finally:
         client.kill()
 

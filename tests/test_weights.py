@@ -151,3 +151,49 @@ def test_plan_matches_train_config():
 def test_plan_validation(kw, match):
     with pytest.raises(ValueError, match=match):
         StagePlan(**({"run_id": "r", "train_batch_size": 8} | kw))  # type: ignore[arg-type]
+
+
+# ---- the actor and its typed client (one small actor on the shared cluster) ---------------------
+@pytest.mark.ray
+def test_actor_and_typed_client(ray_local):
+    from reldrop.pipeline.explanation.weights import WeightStoreClient
+
+    trainer = WeightStoreClient("typed", max_ahead=8, create=True)
+    explainer = WeightStoreClient("typed", max_ahead=8, create=False)
+    try:
+        assert explainer.latest(-1) is None  # nothing published yet
+        assert trainer.publish(0, _state()) == 0
+        version, weights = explainer.latest(-1)  # type: ignore[misc]
+        assert version == 0 and np.array_equal(weights["w"], _state()["w"])
+        assert explainer.latest(0) is None
+        with pytest.raises(ValueError, match="not newer than 0"):
+            trainer.publish(0, _state(2.0))
+        with pytest.raises(ValueError, match=r"'w' has shape \(3, 2\)"):
+            trainer.publish(1, {"w": np.zeros((3, 2), np.float32), "b": np.zeros(3, np.float32)})
+        bad = _state()
+        bad["b"][0] = np.inf
+        with pytest.raises(ValueError, match="non-finite"):
+            trainer.publish(1, bad)
+        # the store itself checks shapes too (a publisher that skipped put's validation)
+        import ray
+
+        with pytest.raises(ValueError, match="missing"):
+            trainer.call("publish", 1, [ray.put({"w": np.zeros((2, 3), np.float32)})])
+        assert explainer.acquire(8, 0.0) is True, explainer.failures
+        assert explainer.acquire(1, 0.05) is False  # 8 outstanding: timed out, counted
+        trainer.consumed(8)
+        assert explainer.acquire(4, 5.0) is True
+        assert trainer.reset_progress(100)
+        explainer.report_explainer("e1", {"batches": 2.0})
+        stats = trainer.stats()
+        assert stats is not None and stats["version"] == 0 and stats["gate_timeouts"] == 1
+        assert (stats["produced"], stats["consumed"]) == (100, 100)
+        assert trainer.explainer_stats() == {"e1": {"batches": 2.0}}
+        from reldrop.pipeline.explanation.weights import STORE_NAMESPACE, store_name
+
+        ray.kill(ray.get_actor(store_name("typed"), namespace=STORE_NAMESPACE))  # the store dies:
+        assert explainer.latest(0) is None and explainer.acquire(1, 0.0) is None
+        assert trainer.publish(3, _state()) == 3 and trainer.recreated == 1  # recreated it
+        assert explainer.latest(0)[0] == 3  # type: ignore[index]
+    finally:
+        trainer.kill()

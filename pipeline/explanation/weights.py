@@ -138,6 +138,7 @@ class WeightStoreClient:
         self.failures = 0
         self.recreated = 0
         self._handle: Any = None
+        self._created: Any = None  # the creating handle: the actor lives while it is held
         self._looked_up = time.monotonic()
         self._connect()
 
@@ -152,6 +153,9 @@ class WeightStoreClient:
             self._handle = WeightStore.options(  # type: ignore[attr-defined]
                 name=self.name, namespace=STORE_NAMESPACE, get_if_exists=True,
             ).remote(max_ahead=self.max_ahead, expected=self.expected)
+            # a handle from ray.get_actor does not keep a non-detached actor alive: dropping
+            # this one (e.g. when _tell looks the store up again) would end the store
+            self._created = self._handle
         return self._handle
 
     @property
@@ -253,7 +257,7 @@ class WeightStoreClient:
     def kill(self) -> None:
         if self._handle is not None:
             ray.kill(self._handle)
-            self._handle = None
+        self._handle = self._created = None
 
     # ---- compatibility (method-name strings; to be removed once no caller uses them) -------
     def call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
