@@ -237,5 +237,5 @@ def test_folder_rejects_empty_splits_and_unreadable_images(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=rf"^folder:{tmp_path}: split 'test' has no images"):
         get_source(f"folder:{tmp_path}", BuildOptions())
     (tmp_path / "test" / "cat" / "1.png").write_bytes(b"\x89PNG not an image")
-    with pytest.raises(ValueError, match=rf"1.png' is not a readable image"):
+    with pytest.raises(ValueError, match=r"1.png' is not a readable image"):
         get_source(f"folder:{tmp_path}", BuildOptions())

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from reldrop.jobs import cli
+from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.datasets import DatasetSource, build
 from reldrop.pipeline.data.fs import absolute_url, resolve
-from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.manifest import read_manifest, verify_dataset
 from reldrop.pipeline.data.shards import iter_samples
 
@@ -30,8 +30,8 @@ def test_decoy_mnist(tmp_path: Path, capsys) -> None:
     assert len(list(iter_samples(out, "test-clean"))) == 10
     printed = capsys.readouterr().out
     assert "samples/s" in printed and "test-clean" in printed
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        cli.main(argv)
+    assert cli.main(argv) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
     assert cli.main([*argv, "--overwrite", "--shard-size", "100"]) == 0
     assert len(read_manifest(out).shards_of("train")) == 1
     assert not (tmp_path / "decoy" / "train-000002.tar").exists()
@@ -49,9 +49,9 @@ def test_points_with_config_file(tmp_path: Path) -> None:
     assert m.class_names == ("sphere", "cube", "cylinder", "cone", "torus")
 
 
-def test_unknown_dataset(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="available"):
-        cli.main(["make-shards", "--dataset", "nope", "--out", str(tmp_path)])
+def test_unknown_dataset(tmp_path: Path, capsys) -> None:
+    assert cli.main(["make-shards", "--dataset", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown dataset 'nope'; available" in capsys.readouterr().err
 
 
 # --- staged, atomic builds ---------------------------------------------------------------------
