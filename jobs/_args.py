@@ -114,7 +114,7 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug",
         action="store_true",
-        help="on an error, print the full traceback (default: one line naming the problem)",
+        help="on an error, print the full traceback as well as the one-line summary",
     )
     return parser
 

@@ -10,6 +10,7 @@ raised inside Ray tasks, actors or Ray Train workers are unwrapped to the innerm
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ COMMANDS: dict[str, str] = {
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
 
 _MAX_LINE = 2000
+#: ``ValueError: `` / ``reldrop.pipeline.data.codecs.SampleError: `` inside a traceback's text
+_CLASS_PREFIX = re.compile(r"\b[\w.]*(?:Error|Exception): ")
 
 
 def _is_ray_wrapper(err: BaseException) -> bool:
@@ -91,7 +94,7 @@ def user_error_line(err: BaseException) -> str | None:
     for inner in chain:
         line = _data_line(inner)
         if line is not None:
-            return _one_line(line)
+            return _one_line(_CLASS_PREFIX.sub("", line))
     return None
 
 

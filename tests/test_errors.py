@@ -145,10 +145,14 @@ def test_error_raised_in_a_ray_task(ray_local) -> None:
 # --- config files ------------------------------------------------------------------------------
 
 
-def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("dataset: points\nlimit: 20\nlimit: 30\n")
     with pytest.raises(ValueError, match=r"not valid YAML: duplicate key 'limit'.*line 3"):
+        load_config_file(path)
+    path = tmp_path / "c.toml"
+    path.write_text("limit = 20\nlimit = 30\n")
+    with pytest.raises(ValueError, match=r"not valid TOML"):
         load_config_file(path)
 
 
@@ -240,3 +244,15 @@ def test_evaluate_refuses_a_nan_checkpoint(
     assert cli.main(argv) == 2
     line = _one_line(capsys, f"reldrop evaluate: checkpoint '{path}': tensor '")
     assert "non-finite" in line
+
+
+def test_cause_kept_only_as_text_is_found() -> None:
+    """Ray Train may keep a worker's error only as text; the data line is found in it."""
+    v2 = pytest.importorskip("ray.train.v2.api.exceptions")
+    text = ("bad training data: reldrop.pipeline.data.codecs.SampleError: shard '/d/train-000000.tar',"
+            " sample 'tr2': label 2 is outside the classes [0, 2)")
+    err = v2.WorkerGroupError(f"[Rank 0]\nRuntimeError: {text}", {0: RuntimeError(text)})
+    assert cli.user_error_line(err) == (
+        "bad training data: shard '/d/train-000000.tar', sample 'tr2': label 2 is outside the "
+        "classes [0, 2)"
+    )
