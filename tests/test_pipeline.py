@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from reldrop.pipeline.explanation.weights import STORE_NAMESPACE, store_name
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.driver import run_training
@@ -123,9 +124,8 @@ def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):
 
 
 def test_precomputed_mode(ray_local, decoy_root, tmp_path):
-    from reldrop.pipeline.explanation.precompute import explain_dataset
-
     from reldrop.checkpoint import ModelSpec, save_checkpoint
+    from reldrop.pipeline.explanation.precompute import explain_dataset
 
     root = tmp_path / "data"
     shutil.copytree(decoy_root, root)
@@ -142,11 +142,11 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 def test_explainer_matches_direct_relevance(ray_local):
     import ray
-    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
-    from reldrop.pipeline.explanation.weights import WeightStoreClient
 
     from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
     from reldrop.occlusion import OcclusionConfig
+    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+    from reldrop.pipeline.explanation.weights import WeightStoreClient
     from reldrop.relevance import relevance
 
     spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=10)

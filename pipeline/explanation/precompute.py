@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from reldrop.checkpoint import load_checkpoint
 from reldrop.pipeline.data.columns import write_columns
 from reldrop.pipeline.data.shards import SkipReport, iter_samples
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
-
-from reldrop.checkpoint import load_checkpoint
 from reldrop.relevance import relevance
 
 __all__ = ["explain_dataset"]
