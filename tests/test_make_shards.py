@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from reldrop.jobs import cli
 from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.datasets import DatasetSource, build

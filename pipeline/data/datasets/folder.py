@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,
