@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reldrop.jobs import cli
-from reldrop.jobs._args import load_config_file
 
 from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from reldrop.jobs import cli
+from reldrop.jobs._args import load_config_file
 
 REPO = Path(__file__).resolve().parents[1]
 

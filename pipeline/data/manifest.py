@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fsspec import AbstractFileSystem
+
 from reldrop.pipeline.data.fs import join_url, resolve
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -127,22 +128,8 @@ def build_dataset(
             "(--overwrite) or choose another --out"
         )
     options = BuildOptions(seed=seed, limit=limit, image_size=image_size, num_points=num_points)
-    source = get_source(name, options)
-    bars: dict[str, Any] = {}
-    done: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def on_sample(split: str) -> None:
-        done[split] = time.perf_counter()
-        if progress:
-            if split not in bars:
-                from tqdm.auto import tqdm  # noqa: PLC0415
-
-                for bar in bars.values():
-                    bar.close()
-                bars[split] = tqdm(total=source.sizes.get(split), desc=split, unit="sample")
-            bars[split].update(1)
-
+    source = get_source(name, options)  # a bad name or source path fails before any write
+    meter = _Progress(source.sizes, show=progress)
     staging = _staging_url(root_url)
     fs, staging_path = resolve(staging)
     try:
@@ -154,17 +141,48 @@ def build_dataset(
             class_names=source.class_names,
             shard_size=shard_size,
             build=_build_record(name, options),
-            on_sample=on_sample,
+            on_sample=meter,
         )
         manifest = _replace_dataset(staged, root_url)
     finally:
-        for bar in bars.values():
-            bar.close()
+        meter.close()
         if fs.exists(staging_path):
             fs.rm(staging_path, recursive=True)
-    # splits are written one after another: each is timed from the end of the one before
-    order = sorted(done, key=done.__getitem__)
-    starts = dict(zip(order, [started, *(done[s] for s in order[:-1])], strict=True))
+    return _summarize(manifest, meter.seconds())
+
+
+class _Progress:
+    """Per-split progress bars and timings; splits are written one after another."""
+
+    def __init__(self, sizes: Mapping[str, int], *, show: bool) -> None:
+        self._sizes, self._show = sizes, show
+        self._bars: dict[str, Any] = {}
+        self._done: dict[str, float] = {}
+        self._started = time.perf_counter()
+
+    def __call__(self, split: str) -> None:
+        self._done[split] = time.perf_counter()
+        if not self._show:
+            return
+        if split not in self._bars:
+            from tqdm.auto import tqdm  # noqa: PLC0415
+
+            self.close()
+            self._bars[split] = tqdm(total=self._sizes.get(split), desc=split, unit="sample")
+        self._bars[split].update(1)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per split, each timed from the end of the one before."""
+        order = sorted(self._done, key=self._done.__getitem__)
+        starts = [self._started, *(self._done[s] for s in order[:-1])]
+        return {split: self._done[split] - start for split, start in zip(order, starts, strict=True)}
+
+
+def _summarize(manifest: Manifest, seconds: Mapping[str, float]) -> BuildSummary:
     summaries = []
     for split in manifest.splits:
         shards = manifest.shards_of(split)
@@ -174,7 +192,7 @@ def build_dataset(
                 shards=len(shards),
                 samples=sum(s.num_samples for s in shards),
                 num_bytes=sum(s.num_bytes for s in shards),
-                seconds=done[split] - starts[split],
+                seconds=seconds[split],
             )
         )
     return BuildSummary(manifest=manifest, splits=tuple(summaries))
