@@ -98,9 +98,25 @@ def user_error_line(err: BaseException) -> str | None:
     return None
 
 
+def _stop_ray() -> None:
+    """Shut down a Ray this process started, so its forwarded worker logs (tracebacks of the
+    same error) stop before the one line is printed instead of burying it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def run(command: str, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` for job ``command`` and run it; a user error is one line and exit code 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Parse ``argv`` for job ``command`` and run it; a user error is one line and exit code 2.
+
+    ``argv`` None means this process is the job (console script, ``python -m``): on an error,
+    Ray is shut down before the line is printed, so the line comes last.
+    """
+    own_process = argv is None
+    return _run(command, list(sys.argv[1:] if argv is None else argv), own_process=own_process)
+
+
+def _run(command: str, argv: list[str], *, own_process: bool) -> int:
     module = importlib.import_module(f"reldrop.jobs.{COMMANDS[command]}")
     debug = "--debug" in argv
     try:
@@ -113,11 +129,15 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
             raise
         if debug:
             traceback.print_exc()
+        if own_process:
+            _stop_ray()
         print(f"reldrop {command}: {line}", file=sys.stderr)
         return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``reldrop COMMAND [flags]``; ``argv`` None reads ``sys.argv`` (the console script)."""
+    argv_given = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: reldrop {" + ",".join(COMMANDS) + "} [flags]   (reldrop COMMAND --help)")
@@ -126,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"reldrop: unknown command {command!r}; known: {sorted(COMMANDS)}", file=sys.stderr)
         return 2
-    return run(command, rest)
+    return _run(command, rest, own_process=not argv_given)
 
 
 if __name__ == "__main__":
