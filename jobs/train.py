@@ -37,4 +37,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("train"))
