@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
+from reldrop.pipeline.data.fs import parse_storage_options
 
 __all__ = ["load_config_file", "new_parser", "parse_with_config"]
 
@@ -41,6 +42,11 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help="YAML or TOML file whose keys are this job's flag names; flags given on the "
         "command line override it",
+    )
+    parser.add_argument(
+        "--storage-options", type=parse_storage_options, default=None,
+        help="JSON object of object-storage settings over the AWS environment's: endpoint_url, "
+        "region, anon, attempts, extra (per-protocol fsspec options); never credentials",
     )
     return parser
 

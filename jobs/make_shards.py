@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.pipeline.data.fs import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -35,6 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     summary = build_dataset(
         args.dataset,
         args.out,

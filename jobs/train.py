@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.pipeline.data.fs import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -79,6 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.training.driver import TrainConfig, run_training  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     config = TrainConfig.from_namespace(args)
     run_training(config)
     return 0

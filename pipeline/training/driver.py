@@ -100,15 +100,20 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, cpus: float)
 
 
 def _init_ray(cfg: TrainConfig) -> None:
+    """Start or join Ray; workers get this process's storage settings (not credentials)."""
     import ray  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import worker_env  # noqa: PLC0415
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env_vars = worker_env()
+    runtime_env = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
     if cfg.address is None:  # a local cluster for this process only
-        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False)
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False,
+                 **runtime_env)
     else:
-        ray.init(address=cfg.address)
+        ray.init(address=cfg.address, **runtime_env)
 
 
 def run_training(
@@ -242,7 +247,7 @@ def _upload(local: Path, url: str) -> None:
 
     fs, path = resolve(url)
     fs.makedirs(path, exist_ok=True)
-    for item in local.iterdir():
+    for item in sorted(local.iterdir()):
         if item.is_file():
             fs.put_file(str(item), f"{path.rstrip('/')}/{item.name}")
 
