@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import S3_KEY_ID, S3_SECRET
 from reldrop.jobs.cli import main as cli
 from reldrop.jobs.train import parse_args as train_args
 from reldrop.pipeline.data import fs
@@ -30,8 +32,6 @@ from reldrop.pipeline.data.fs import (
     storage_retries,
     worker_env,
 )
-
-from conftest import S3_KEY_ID, S3_SECRET
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
@@ -154,7 +154,7 @@ def test_bad_storage_options_are_one_line_errors(text: str, match: str, capsys) 
         train_args(["--storage-options", text])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--storage-options" in err
-    assert pytest.importorskip("re").search(match, err), err
+    assert re.search(match, err), err
 
 
 def test_storage_options_as_config_key(tmp_path: Path, monkeypatch) -> None:
@@ -287,6 +287,21 @@ def test_http_retries_transient_errors(s3_env: str, serve) -> None:
 
 
 # --- the whole path through the CLI, on the shared Ray cluster -----------------------------
+
+
+@pytest.mark.ray
+def test_ray_worker_sees_the_drivers_settings(ray_local, s3_env: str) -> None:
+    opts = configure_storage(StorageOptions(endpoint_url="http://minio:9000", region="r9",
+                                            extra={"s3": {"requester_pays": True}}))
+
+    @ray_local.remote(num_cpus=0.1)
+    def settings_in_worker() -> str:
+
+        return current_storage_options().to_json()
+
+    job = settings_in_worker.options(runtime_env={"env_vars": worker_env()})
+    assert StorageOptions.from_json(ray_local.get(job.remote(), timeout=120),
+                                   base=StorageOptions()) == opts
 
 
 def _read(url: str) -> bytes:

@@ -108,12 +108,12 @@ def _init_ray(cfg: TrainConfig) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env_vars = worker_env()
-    runtime_env = {"runtime_env": {"env_vars": env_vars}} if env_vars else {}
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if cfg.address is None:  # a local cluster for this process only
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=False, configure_logging=False,
-                 **runtime_env)
+                 runtime_env=runtime_env)
     else:
-        ray.init(address=cfg.address, **runtime_env)
+        ray.init(address=cfg.address, runtime_env=runtime_env)
 
 
 def run_training(
