@@ -1,7 +1,7 @@
 """``reldrop make-shards``: write a dataset as WebDataset tar shards plus ``manifest.parquet``.
 
 Datasets: decoy-mnist, mnist, digits, points, npz:PATH, folder:PATH. ``--out`` is any fsspec
-URL (local path, file://, memory://, s3:// with the s3 extra, gs:// with the gcs extra).
+URL (local path, file://, memory://, s3:// (s3fs ships with reldrop), gs:// with the gcs extra).
 """
 
 from __future__ import annotations

@@ -55,12 +55,12 @@ __all__ = [
 #: environment variable that carries the driver's :class:`StorageOptions` (JSON) to Ray workers
 ENV_VAR = "RELDROP_STORAGE_OPTIONS"
 
-#: protocol -> (module fsspec needs, reldrop extra that installs it)
+#: protocol -> (module fsspec needs, the command that installs it)
 _EXTRAS: dict[str, tuple[str, str]] = {
-    "s3": ("s3fs", "s3"),
-    "s3a": ("s3fs", "s3"),
-    "gs": ("gcsfs", "gcs"),
-    "gcs": ("gcsfs", "gcs"),
+    "s3": ("s3fs", "`pip install s3fs` (a reldrop dependency; `pip install 'reldrop[s3]'` works too)"),
+    "s3a": ("s3fs", "`pip install s3fs` (a reldrop dependency; `pip install 'reldrop[s3]'` works too)"),
+    "gs": ("gcsfs", "`pip install 'reldrop[gcs]'`"),
+    "gcs": ("gcsfs", "`pip install 'reldrop[gcs]'`"),
 }
 _S3 = ("s3", "s3a")
 _BUCKETS = ("s3", "s3a", "gs", "gcs")
@@ -267,10 +267,9 @@ def resolve(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
         fs, path = fsspec.core.url_to_fs(url, **kwargs)
     except (ImportError, ValueError) as err:
         if protocol in _EXTRAS:
-            module, extra = _EXTRAS[protocol]
+            module, command = _EXTRAS[protocol]
             raise ImportError(
-                f"url {url!r} needs the {module!r} package; install it with "
-                f"`pip install 'reldrop[{extra}]'`"
+                f"url {url!r} needs the {module!r} package; install it with {command}"
             ) from err
         raise
     if protocol in _S3:
