@@ -391,7 +391,8 @@ def _install_s3_retry_policy() -> None:
 def retrying(
     fn: Callable[[], _T], *, attempts: int | None = None, base_delay_s: float = 0.1
 ) -> _T:
-    """``fn()``, tried again after ``base_delay_s * 2**i`` when it fails transiently."""
+    """``fn()``, tried again after ``base_delay_s * 1.7**i`` (s3fs's schedule) when it fails
+    transiently, at most ``attempts`` times in all (default: the configured ``attempts``)."""
     tries = attempts if attempts is not None else current_storage_options().attempts
     for attempt in range(tries):
         try:
@@ -400,7 +401,7 @@ def retrying(
             if attempt + 1 >= tries or not _is_transient(err):
                 raise
             _count_retry()
-            time.sleep(base_delay_s * 2**attempt)
+            time.sleep(base_delay_s * 1.7**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
