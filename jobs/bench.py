@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reldrop.jobs._args import new_parser, parse_with_config
-from reldrop.pipeline.data.fs import configure_storage
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
-from reldrop.pipeline.data.fs import configure_storage
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 

@@ -121,7 +121,7 @@ def s3_env(s3_endpoint, monkeypatch):
     """This process as a user would set it up for the local S3 server: credentials in the
     environment, the endpoint given by ``--storage-options`` (returned); storage settings,
     checked buckets and cached s3fs instances reset before and after."""
-    from reldrop.pipeline.data import fs
+    from reldrop.pipeline.data import fs, storage
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
                  "AWS_PROFILE", fs.ENV_VAR):
@@ -130,11 +130,11 @@ def s3_env(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no metadata-service probes
-    monkeypatch.setattr(fs, "_configured", None)
-    fs._checked.clear()
+    monkeypatch.setattr(storage, "_configured", None)
+    storage.checked.clear()
     _clear_s3fs_cache()
     yield s3_endpoint
-    fs._checked.clear()
+    storage.checked.clear()
     _clear_s3fs_cache()
 
 

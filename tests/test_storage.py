@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 from conftest import S3_KEY_ID, S3_SECRET
+
 from reldrop.jobs.cli import main as cli
 from reldrop.jobs.train import parse_args as train_args
-from reldrop.pipeline.data import fs
+from reldrop.pipeline.data import fs, storage
 from reldrop.pipeline.data.fs import (
     AccessDenied,
     MissingCredentials,
@@ -168,18 +169,19 @@ def test_storage_options_as_config_key(tmp_path: Path, monkeypatch) -> None:
 
 def test_driver_hands_settings_to_ray_workers(monkeypatch) -> None:
     import ray
+
     from reldrop.pipeline.training import driver
     from reldrop.pipeline.training.config import TrainConfig
 
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
-    monkeypatch.setattr(fs, "_configured", None)
+    monkeypatch.setattr(storage, "_configured", None)
     opts = configure_storage(StorageOptions(endpoint_url="http://minio:9000", region="r1"))
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
-    driver._init_ray(TrainConfig(address="ray://head:10001"))
+    driver.init_ray(TrainConfig(address="ray://head:10001"))
     env_vars = calls[0]["runtime_env"]["env_vars"]
     assert StorageOptions.from_env(env_vars) == opts
     assert env_vars["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"  # pyarrow's own S3 (Ray Train)

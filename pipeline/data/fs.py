@@ -1,13 +1,10 @@
-"""fsspec URLs in one place: storage settings, URL -> filesystem, clear errors, bounded retries.
+"""fsspec URLs in one place: URL -> filesystem with the process's storage settings, clear
+errors, bounded retries.
 
 Any fsspec URL works: plain local paths, ``file://``, ``memory://``, ``http(s)://`` (read
 only), ``s3://`` (``s3fs`` ships with reldrop) and ``gs://`` (the ``gcs`` extra, imported
-lazily here). Object-storage settings (endpoint, region, anonymous access, other fsspec
-options) are configuration, :class:`StorageOptions`: read from the AWS environment, or set once
-per process from ``--storage-options`` with :func:`configure_storage`, and handed to Ray workers
-through the environment variable :data:`ENV_VAR`. Credentials never pass through here: they
-stay in the environment (``AWS_ACCESS_KEY_ID`` ...), a Kubernetes Secret or an instance role,
-and nothing of the settings is written into manifests or reports.
+lazily here). :func:`resolve` applies the settings of :mod:`reldrop.pipeline.data.storage`
+(re-exported here).
 
 The first use of a bucket (or HTTP host) in a process checks that it answers, so a wrong
 bucket, refused access, missing credentials or an unreachable endpoint is one line naming the
@@ -18,18 +15,25 @@ exponential backoff and counted (:func:`storage_retries`).
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
-import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
+
+from reldrop.pipeline.data import storage
+from reldrop.pipeline.data.storage import (
+    ENV_VAR,
+    StorageOptions,
+    configure_storage,
+    current_storage_options,
+    parse_storage_options,
+    storage_retries,
+    worker_env,
+)
 
 __all__ = [
     "ENV_VAR",
@@ -52,9 +56,6 @@ __all__ = [
     "worker_env",
 ]
 
-#: environment variable that carries the driver's :class:`StorageOptions` (JSON) to Ray workers
-ENV_VAR = "RELDROP_STORAGE_OPTIONS"
-
 #: protocol -> (module fsspec needs, the command that installs it)
 _EXTRAS: dict[str, tuple[str, str]] = {
     "s3": ("s3fs", "`pip install s3fs` (a reldrop dependency; `pip install 'reldrop[s3]'` works too)"),
@@ -65,192 +66,10 @@ _EXTRAS: dict[str, tuple[str, str]] = {
 _S3 = ("s3", "s3a")
 _BUCKETS = ("s3", "s3a", "gs", "gcs")
 _HTTP = ("http", "https")
-#: option names that hold secrets: refused in settings that may be logged or shipped
-_SECRET_NAMES = frozenset({
-    "key", "secret", "token", "password", "session_token", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
-})
-_CONNECT_TIMEOUT_S = 5.0
-_READ_TIMEOUT_S = 60.0
 
 
 def _protocol(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
-
-
-def _secret_paths(value: Any, prefix: str) -> list[str]:
-    """Dotted names of secret-looking keys anywhere in ``value`` (nested mappings)."""
-    if not isinstance(value, Mapping):
-        return []
-    found = []
-    for name, item in value.items():
-        here = f"{prefix}.{name}"
-        if str(name).lower() in _SECRET_NAMES:
-            found.append(here)
-        found.extend(_secret_paths(item, here))
-    return found
-
-
-@dataclass(frozen=True, kw_only=True)
-class StorageOptions:
-    """Where and how to reach object storage; never credentials.
-
-    ``endpoint_url``: an S3-compatible endpoint (MinIO, Ceph, moto, ...), ``None`` for AWS.
-    ``region``: the S3 region. ``anon``: unsigned requests (public buckets). ``attempts``:
-    tries per storage call when the error is transient (1 = no retry). ``extra``: further
-    fsspec options per protocol, e.g. ``{"s3": {"requester_pays": true}}``.
-    """
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    anon: bool = False
-    attempts: int = 4
-    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.endpoint_url is not None and not str(self.endpoint_url).startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(
-                f"storage option endpoint_url must start with http:// or https://; "
-                f"got {self.endpoint_url!r}"
-            )
-        if not isinstance(self.anon, bool):
-            raise TypeError(f"storage option anon must be true or false; got {self.anon!r}")
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or not (
-            1 <= self.attempts <= 10
-        ):
-            raise ValueError(f"storage option attempts must be an integer in 1..10; got {self.attempts!r}")
-        if not isinstance(self.extra, Mapping) or not all(
-            isinstance(v, Mapping) for v in self.extra.values()
-        ):
-            raise TypeError(
-                "storage option extra must map a protocol name to its fsspec options, "
-                f'e.g. {{"s3": {{"requester_pays": true}}}}; got {self.extra!r}'
-            )
-        secrets = _secret_paths(self.extra, "extra")
-        if secrets:
-            raise ValueError(
-                f"storage options must not hold credentials (found {secrets}); give them "
-                "through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                "AWS_SESSION_TOKEN), a Kubernetes Secret or an instance role"
-            )
-        object.__setattr__(self, "extra", json.loads(json.dumps(dict(self.extra))))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageOptions:
-        """Settings a process finds in its environment: :data:`ENV_VAR` (set for Ray workers by
-        the driver) if present, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and
-        ``AWS_REGION`` / ``AWS_DEFAULT_REGION``."""
-        env = os.environ if environ is None else environ
-        if env.get(ENV_VAR):
-            return cls.from_json(env[ENV_VAR], base=cls())
-        return cls(
-            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-        )
-
-    @classmethod
-    def from_json(cls, text: str, *, base: StorageOptions | None = None) -> StorageOptions:
-        """Fields from a JSON object over ``base`` (default: :meth:`from_env`)."""
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"storage options {text!r} are not valid JSON: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"storage options must be a JSON object; got {text!r}")
-        allowed = [f for f in cls.__dataclass_fields__]
-        unknown = sorted(set(values) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown storage option(s) {unknown}; allowed: {allowed}")
-        return replace(base if base is not None else cls.from_env(), **values)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
-        """Keyword arguments for ``fsspec.filesystem(protocol, ...)``."""
-        extra = dict(self.extra.get(protocol, {}))
-        if protocol not in _S3:
-            return extra
-        kwargs: dict[str, Any] = {"anon": self.anon}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-        client = {"region_name": self.region} if self.region else {}
-        # botocore does not retry (its retries are neither bounded by us nor counted);
-        # s3fs retries what _is_transient allows, ``attempts`` times
-        config = {
-            "retries": {"total_max_attempts": 1},
-            "connect_timeout": _CONNECT_TIMEOUT_S,
-            "read_timeout": _READ_TIMEOUT_S,
-        }
-        kwargs["client_kwargs"] = {**client, **extra.pop("client_kwargs", {})}
-        kwargs["config_kwargs"] = {**config, **extra.pop("config_kwargs", {})}
-        return {**kwargs, **extra}
-
-
-def parse_storage_options(text: str) -> StorageOptions:
-    """``--storage-options`` value: a JSON object over the environment's settings."""
-    try:
-        return StorageOptions.from_json(text)
-    except (TypeError, ValueError) as err:
-        raise _OptionsArgumentError(str(err)) from err
-
-
-class _OptionsArgumentError(argparse.ArgumentTypeError, ValueError):
-    """A ValueError whose message argparse prints as is."""
-
-
-_lock = threading.Lock()
-_configured: StorageOptions | None = None
-_checked: set[tuple[str, str, str]] = set()
-_retries = 0
-
-
-def configure_storage(options: StorageOptions | None) -> StorageOptions:
-    """Set this process's storage settings (``None``: from the environment); return them.
-
-    The endpoint and region are also exported as ``AWS_ENDPOINT_URL_S3`` / ``AWS_REGION`` so
-    that libraries which read the AWS environment themselves (pyarrow's own S3 filesystem,
-    which Ray Train uses for ``storage_path``; boto3) reach the same store.
-    """
-    global _configured
-    with _lock:
-        _configured = options if options is not None else StorageOptions.from_env()
-        _checked.clear()
-        os.environ.update(_aws_env(_configured))
-        return _configured
-
-
-def _aws_env(options: StorageOptions) -> dict[str, str]:
-    env = {"AWS_ENDPOINT_URL_S3": options.endpoint_url, "AWS_REGION": options.region}
-    return {k: v for k, v in env.items() if v}
-
-
-def current_storage_options() -> StorageOptions:
-    """The settings :func:`configure_storage` set, else the environment's."""
-    return _configured if _configured is not None else StorageOptions.from_env()
-
-
-def worker_env() -> dict[str, str]:
-    """``env_vars`` for a Ray runtime environment that give workers this process's settings
-    (empty when they are the defaults: workers then read their own environment). Credentials
-    are not among them: workers take those from their own environment (a Secret per pod)."""
-    options = current_storage_options()
-    if options == StorageOptions():
-        return {}
-    return {ENV_VAR: options.to_json(), **_aws_env(options)}
-
-
-def storage_retries() -> int:
-    """Transient storage errors this process retried (or gave up on after the last attempt)."""
-    return _retries
-
-
-def _count_retry() -> None:
-    global _retries
-    with _lock:
-        _retries += 1
 
 
 def resolve(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
@@ -368,7 +187,7 @@ def _is_transient(err: BaseException) -> bool:
 def _s3_should_retry(err: BaseException) -> bool:
     """s3fs's retry hook: retry (and count) transient errors only."""
     if _is_transient(err):
-        _count_retry()
+        storage.count_retry()
         return True
     return False
 
@@ -400,7 +219,7 @@ def retrying(
         except Exception as err:
             if attempt + 1 >= tries or not _is_transient(err):
                 raise
-            _count_retry()
+            storage.count_retry()
             time.sleep(base_delay_s * 1.7**attempt)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -411,7 +230,7 @@ def _check_once(
     """Probe the bucket (or HTTP host) the first time this process uses it."""
     place = path.split("/", 1)[0] if protocol in _BUCKETS else url.split("/", 3)[2]
     key = (protocol, place, options.to_json())
-    if key in _checked:
+    if key in storage.checked:
         return
     try:
         if protocol in _BUCKETS:
@@ -423,8 +242,7 @@ def _check_once(
         if described is None:
             raise
         raise described from err
-    with _lock:
-        _checked.add(key)
+    storage.checked.add(key)
 
 
 def _probe_http(fs: AbstractFileSystem, url: str) -> None:
