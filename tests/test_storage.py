@@ -136,6 +136,7 @@ def test_flag_overrides_environment_and_travels_to_workers_as_json(monkeypatch) 
     assert kwargs["requester_pays"] is True
     assert kwargs["config_kwargs"]["retries"] == {"total_max_attempts": 1}
     assert opts.fsspec_kwargs("http") == {}
+    assert opts.fsspec_kwargs("gs") == {"token": "anon"}
 
 
 @pytest.mark.parametrize(
@@ -292,6 +293,7 @@ def test_http_retries_transient_errors(s3_env: str, serve) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_worker_sees_the_drivers_settings(ray_local, s3_env: str) -> None:
     opts = configure_storage(StorageOptions(endpoint_url="http://minio:9000", region="r9",
                                             extra={"s3": {"requester_pays": True}}))

@@ -175,7 +175,7 @@ def _is_transient(err: BaseException) -> bool:
     if isinstance(status, int):
         return status >= 500 or status == 429
     transient = {
-        "ReadTimeoutError", "ConnectionClosedError", "ResponseStreamingError", "IncompleteRead",
+        "HTTPClientError", "ReadTimeoutError", "ConnectionClosedError", "IncompleteRead",
         "ServerDisconnectedError", "ClientPayloadError", "ServerTimeoutError",
         "ConnectionResetError", "TimeoutError", "FSTimeoutError", "ResponseParserError",
     }
@@ -274,10 +274,11 @@ def describe_error(
     )
     if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
                 "NoAuthTokenError", "CredentialRetrievalError"}:
+        how = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" if protocol in _S3
+               else "set GOOGLE_APPLICATION_CREDENTIALS")
         return MissingCredentials(
-            f"no credentials for {url!r} ({where}): set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY (on a cluster from a Secret on every node), or use "
-            "--storage-options '{\"anon\": true}' for a public bucket"
+            f"no credentials for {url!r} ({where}): {how} (on a cluster from a Secret on every "
+            "node), or use --storage-options '{\"anon\": true}' for a public bucket"
         )
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
                 "ConnectionRefusedError", "ServerTimeoutError", "TimeoutError"}:

@@ -133,8 +133,11 @@ class StorageOptions:
         return json.dumps(asdict(self), sort_keys=True)
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
-        """Keyword arguments for ``fsspec.filesystem(protocol, ...)``."""
+        """Keyword arguments for ``fsspec.filesystem(protocol, ...)``: ``endpoint_url`` and
+        ``region`` apply to S3, ``anon`` to S3 and GCS, ``extra[protocol]`` to its protocol."""
         extra = dict(self.extra.get(protocol, {}))
+        if protocol in ("gs", "gcs"):
+            return {**({"token": "anon"} if self.anon else {}), **extra}
         if protocol not in _S3:
             return extra
         kwargs: dict[str, Any] = {"anon": self.anon}
