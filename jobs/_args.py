@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 
 import yaml
 
+from reldrop.pipeline.data.storage import parse_storage_options
+
 __all__ = [
     "MAX_CONFIG_BYTES",
     "CheckedNumber",
@@ -115,6 +117,11 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--debug",
         action="store_true",
         help="on an error, print the full traceback as well as the one-line summary",
+    )
+    parser.add_argument(
+        "--storage-options", type=parse_storage_options, default=None,
+        help="JSON object of object-storage settings over the AWS environment's: endpoint_url, "
+        "region, anon, attempts, extra (per-protocol fsspec options); never credentials",
     )
     return parser
 

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -39,6 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     report = evaluate_checkpoint(
         args.checkpoint,
         args.data,

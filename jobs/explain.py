@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -30,6 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
 
+    configure_storage(args.storage_options)
     summary = explain_dataset(
         args.checkpoint, args.data, out_url=args.out, composite=args.composite,
         batch_size=args.batch_size, on_error=args.on_error,

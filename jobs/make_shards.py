@@ -1,7 +1,7 @@
 """``reldrop make-shards``: write a dataset as WebDataset tar shards plus ``manifest.parquet``.
 
 Datasets: decoy-mnist, mnist, digits, points, npz:PATH, folder:PATH. ``--out`` is any fsspec
-URL (local path, file://, memory://, s3:// with the s3 extra, gs:// with the gcs extra).
+URL (local path, file://, memory://, s3:// (s3fs ships with reldrop), gs:// with the gcs extra).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -37,6 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     summary = build_dataset(
         args.dataset,
         args.out,
