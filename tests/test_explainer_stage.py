@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
+from reldrop.occlusion import OcclusionConfig
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.pipeline.explanation.publisher import WeightPublisher, staleness
 from reldrop.pipeline.explanation.replica import ExplainerReplica
 from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
 from reldrop.pipeline.explanation.store import WeightVersions, shapes_of, validate_weights
-
-from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
-from reldrop.occlusion import OcclusionConfig
 from reldrop.relevance import relevance
 
 

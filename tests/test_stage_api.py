@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reldrop.pipeline import StagePlan, WeightPublisher, add_explainer_stage, apply_drop
 from torch import nn
 
 from reldrop.normalization import Normalization
+from reldrop.pipeline import StagePlan, WeightPublisher, add_explainer_stage, apply_drop
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 import torch
+
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.pipeline.explanation.store import (
     ExplainerBook,
@@ -32,6 +33,19 @@ def test_versions_only_move_forward():
         with pytest.raises(ValueError, match="not newer than 4"):
             v.publish(bad, "x", shapes_of(_state()))  # type: ignore[arg-type]
     assert v.latest(0) == (4, "ref4") and [h[0] for h in v.history] == [0, 4]
+
+
+def test_rewind_accepts_the_resumed_step_again():
+    v = WeightVersions()
+    for version in (0, 2, 4, 6):
+        v.publish(version, f"ref{version}", shapes_of(_state()))
+    assert v.rewind(4) == 3 and v.latest(6) == (3, None)  # nothing to hand out until a publish
+    with pytest.raises(ValueError, match="not newer than 3"):
+        v.publish(2, "old", shapes_of(_state()))
+    v.publish(4, "resumed", shapes_of(_state()))
+    assert v.latest(6) == (4, "resumed")  # an explainer holding the lost version 6 reloads
+    assert v.latest(4) == (4, None)
+    assert v.rewind(9) == 4  # rewinding forward changes nothing
 
 
 def test_versions_reject_other_names_and_shapes():

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from reldrop.pipeline.explanation.plan import StagePlan
-from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
 from torch import nn
 
 from reldrop.checkpoint import ModelSpec
 from reldrop.fills import FillParams, apply_fill
 from reldrop.normalization import Normalization
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.pipeline.explanation.plan import StagePlan
+from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
 
 __all__ = ["add_explainer_stage", "append_stage", "apply_drop", "pool_strategy"]
 

@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from reldrop.pipeline.explanation.plan import StagePlan
 from torch import nn
 
 from reldrop.checkpoint import state_to_numpy
+from reldrop.pipeline.explanation.plan import StagePlan
 
 __all__ = ["WeightPublisher", "staleness"]
 

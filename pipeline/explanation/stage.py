@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from reldrop.pipeline.data.stream import model_inputs
-from reldrop.pipeline.explanation.replica import ExplainerReplica
 from torch import nn
 
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.occlusion import Occluder, OcclusionConfig
+from reldrop.pipeline.data.stream import model_inputs
+from reldrop.pipeline.explanation.replica import ExplainerReplica
 
 __all__ = ["ExplainerStage", "StageConfig"]
 

@@ -68,7 +68,8 @@ def validate_weights(weights: Mapping[str, np.ndarray], expected: Mapping[str, t
 
 class WeightVersions:
     """The newest published weights: ``publish`` accepts only a newer version with the expected
-    names and shapes; ``latest(have)`` hands out the payload only to holders of an older one."""
+    names and shapes (after a :meth:`rewind`, the rewound one); ``latest(have)`` hands out the
+    payload only to holders of another version."""
 
     def __init__(self, *, expected: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.version = -1
@@ -94,9 +95,19 @@ class WeightVersions:
         self.history.append((version, time.time()))
         return version
 
+    def rewind(self, version: int) -> int:
+        """A run resumed from a checkpoint publishes an older step again: accept ``version``
+        once more (the weights of the lost future are dropped; explainers holding them reload
+        on the next publish, since :meth:`latest` answers any holder of another version)."""
+        if version <= self.version:
+            self.version, self.payload = version - 1, None
+        return self.version
+
     def latest(self, have: int) -> tuple[int, Any]:
-        """``(version, payload)`` if newer than ``have``, else ``(version, None)``."""
-        return (self.version, self.payload) if self.version > have else (self.version, None)
+        """``(version, payload)`` if ``have`` is another version (older, or newer from before a
+        :meth:`rewind`), else ``(version, None)``."""
+        fresh = self.payload is not None and self.version != have
+        return (self.version, self.payload) if fresh else (self.version, None)
 
 
 class StalenessGate:

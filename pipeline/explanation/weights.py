@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import ray
+
 from reldrop.pipeline.explanation.store import (
     ExplainerBook,
     StalenessGate,
@@ -73,6 +74,9 @@ class WeightStore:
 
     def latest(self, have: int) -> tuple[int, list[ray.ObjectRef] | None]:
         return self._versions.latest(have)
+
+    def rewind(self, version: int) -> int:
+        return self._versions.rewind(version)
 
     async def acquire(self, rows: int, wait_s: float = 0.0) -> bool:
         return await self._gate.acquire(rows, wait_s)
@@ -213,13 +217,18 @@ class WeightStoreClient:
         return self._call("publish", version, [put.ref], put.shapes)  # type: ignore[no-any-return]
 
     def latest(self, have: int, *, timeout: float = 10.0) -> tuple[int, dict[str, np.ndarray]] | None:
-        """``(version, weights)`` if the store holds a version newer than ``have``, else
-        ``None`` (nothing newer, or the store is gone)."""
+        """``(version, weights)`` if the store holds another version than ``have`` (newer, or
+        older after a rewind), else ``None`` (nothing else, or the store is gone)."""
         answer = self._call("latest", have, timeout=timeout)
         if answer is None or answer[1] is None:
             return None
         version, ref = answer
         return int(version), ray.get(ref[0], timeout=timeout)
+
+    def rewind(self, version: int) -> bool:
+        """Let a run resumed at step ``version`` publish it again (see ``WeightVersions.rewind``);
+        ``False`` if the store is gone."""
+        return self._call("rewind", version) is not None
 
     def version(self, *, timeout: float = 10.0) -> int | None:
         return self._call("version", timeout=timeout)  # type: ignore[no-any-return]

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import torch
-from reldrop.pipeline.explanation.replica import ExplainerReplica
 
 from reldrop.checkpoint import ModelSpec
+from reldrop.pipeline.explanation.replica import ExplainerReplica
 from reldrop.relevance import relevance
 
 __all__ = ["measure_composite_reuse"]
