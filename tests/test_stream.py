@@ -347,3 +347,22 @@ def test_shard_task_json_round_trip() -> None:
     task = ShardTask(url="memory://x/train-000000.tar", shard="train-000000.tar", num_samples=3,
                      num_bytes=10, sha256="0" * 64, row_seed=(1, 2, 3), column_url=None)
     assert ShardTask.from_json(task.to_json()) == task
+
+
+def test_errors_survive_pickling() -> None:
+    import pickle
+
+    err = SampleError("s3://b/train-000001.tar", "k7", "label 12 outside")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.url, back.key, back.problem, str(back)) == (err.url, err.key, err.problem, str(err))
+
+
+@pytest.mark.ray
+def test_measure_data_path_runs_both_paths(ray_local, tmp_path: Path) -> None:
+    from reldrop.pipeline.studies.bench.data_path import make_bench_shards, measure_data_path
+
+    root = make_bench_shards(str(tmp_path / "bench"), rows=24, shape=(1, 4, 4), shard_size=8)
+    result = measure_data_path(root, repeats=1, batch_size=8)
+    assert result["rows"] == 24 and result["shards"] == 3
+    for path in ("old", "new"):
+        assert result[path]["rows_per_s"] > 0 and result[path]["rows_per_cpu_s"] > 0
