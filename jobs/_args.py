@@ -109,7 +109,10 @@ def _scalar(key: str, value: Any, action: argparse.Action) -> Any:
         ok = isinstance(value, str)
     else:
         # a custom converter (Path, a parsing function) gets the string a shell would pass;
-        # the raw string is kept because argparse converts string defaults itself
+        # the raw string is kept because argparse converts string defaults itself; a number
+        # in the file stands for the digits a shell would pass (``explainers = 4``)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
         if ok:
             try:

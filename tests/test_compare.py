@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from reldrop.jobs.compare import main, parse_args
 from reldrop.pipeline.studies.compare import (
     METHODS,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from reldrop.jobs._args import new_parser, parse_with_config
 from reldrop.jobs.cli import COMMANDS
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.datasets import (
     BuildOptions,
     available_datasets,

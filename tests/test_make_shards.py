@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from reldrop.jobs import cli
 from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.manifest import read_manifest, verify_dataset

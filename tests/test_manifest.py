@@ -8,6 +8,7 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.manifest import (
     ChecksumError,
     Manifest,

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from reldrop.pipeline.explanation.weights import STORE_NAMESPACE, store_name
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.driver import run_training
@@ -123,9 +124,8 @@ def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):
 
 
 def test_precomputed_mode(ray_local, decoy_root, tmp_path):
-    from reldrop.pipeline.explanation.precompute import explain_dataset
-
     from reldrop.checkpoint import ModelSpec, save_checkpoint
+    from reldrop.pipeline.explanation.precompute import explain_dataset
 
     root = tmp_path / "data"
     shutil.copytree(decoy_root, root)
@@ -142,11 +142,11 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 def test_explainer_matches_direct_relevance(ray_local):
     import ray
-    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
-    from reldrop.pipeline.explanation.weights import WeightStoreClient
 
     from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
     from reldrop.occlusion import OcclusionConfig
+    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+    from reldrop.pipeline.explanation.weights import WeightStoreClient
     from reldrop.relevance import relevance
 
     spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=10)
@@ -205,3 +205,34 @@ def test_two_trainers_ddp_async(decoy_root, tmp_path):
     _assert_exactly_once(report, 320)
     assert report["staleness"]["max"] <= report["staleness_bound"]
     assert len(report["versions_seen"]) >= 3
+
+
+def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
+    """A shard whose labels are all out of range, under ``--on-error skip`` with 2 DDP workers:
+    some steps leave one rank without a single row. The ranks still step together (a rank
+    without rows takes a zero-weight step) instead of deadlocking in a collective."""
+    import subprocess
+    import sys
+
+    from reldrop.pipeline.data.shards import write_dataset
+
+    rng = np.random.default_rng(0)
+
+    def samples(n: int, bad: range) -> list[dict]:
+        return [{"key": f"s{i:04d}", "image": rng.integers(0, 255, (1, 8, 8), dtype=np.uint8),
+                 "label": 99 if i in bad else int(i % 4)} for i in range(n)]
+
+    root = tmp_path / "data"
+    write_dataset(str(root), {"train": samples(128, range(32, 64))}, dataset="skips",
+                  num_classes=4, shard_size=32)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "reldrop.jobs.train", "--train", f"{root}#train",
+           "--trainers", "2", "--mode", "sync", "--augment", "none", "--on-error", "skip",
+           "--epochs", "2", "--batch-size", "8", "--num-cpus", "3", "--record-keys",
+           "--out", str(out)]
+    done = subprocess.run(cmd, timeout=400, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["skipped"] == 64  # 32 rows x 2 epochs, counted
+    assert report["counts"]["trained"] == 192  # 96 good rows x 2 epochs
+    _assert_exactly_once(report, 128)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from reldrop.pipeline.data.codecs import validate_key
 from reldrop.pipeline.data.fs import join_url, resolve
 from reldrop.pipeline.data.manifest import shard_name

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import webdataset as wds
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
 from reldrop.pipeline.data.codecs import SampleError, decode_sample, encode_sample
 from reldrop.pipeline.data.fs import absolute_url, join_url, resolve
 from reldrop.pipeline.data.manifest import (
@@ -34,8 +37,6 @@ from reldrop.pipeline.data.manifest import (
     verify_shard,
     write_manifest,
 )
-from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 __all__ = [
     "OnError",
