@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.codecs import SampleError, encode_sample
 from reldrop.pipeline.data.columns import ColumnJoin, read_split_columns, write_columns
 from reldrop.pipeline.data.fs import resolve

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from reldrop.pipeline.data.codecs import SampleError, decode_sample
 from reldrop.pipeline.data.fs import resolve
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from reldrop.pipeline.data.columns import ColumnJoin
 from reldrop.pipeline.data.fs import resolve
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo, read_manifest

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from reldrop.pipeline.data.read import RowSchema, decode_stream_row
 from reldrop.pipeline.data.shards import write_dataset
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
@@ -47,6 +48,7 @@ def make_bench_shards(
 def _old_path(plan: DataPlan, *, read_cpus: float, rows_per_block: int | None) -> Any:
     """The read this module compares against: ``read_webdataset`` + a per-row decoder."""
     import ray  # noqa: PLC0415
+
     from reldrop.pipeline.data.fs import arrow_filesystem  # noqa: PLC0415
 
     fs, _ = arrow_filesystem(plan.urls[0])
