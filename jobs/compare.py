@@ -13,6 +13,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -64,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     cfg = CompareConfig(
         methods=tuple(args.methods), seeds=tuple(range(args.seeds)), epochs=args.epochs,
         limit=args.limit, eval_limit=args.eval_limit, data=args.data, out=args.out,
@@ -78,4 +80,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("compare"))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
 from reldrop.jobs._flags import add_config_flags
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -31,10 +32,13 @@ def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.training.config import TrainConfig  # noqa: PLC0415
     from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     config = TrainConfig.from_namespace(args)
     run_training(config)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("train"))

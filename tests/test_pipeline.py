@@ -222,9 +222,14 @@ def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
         return [{"key": f"s{i:04d}", "image": rng.integers(0, 255, (1, 8, 8), dtype=np.uint8),
                  "label": 99 if i in bad else int(i % 4)} for i in range(n)]
 
-    root = tmp_path / "data"
+    from dataclasses import replace
+
+    from reldrop.pipeline.data.manifest import read_manifest, write_manifest
+
+    root = tmp_path / "data"  # written for 100 classes, then declared as 4: labels 99 are bad
     write_dataset(str(root), {"train": samples(128, range(32, 64))}, dataset="skips",
-                  num_classes=4, shard_size=32)
+                  num_classes=100, shard_size=32)
+    write_manifest(replace(read_manifest(str(root)), num_classes=4))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "reldrop.jobs.train", "--train", f"{root}#train",
            "--trainers", "2", "--mode", "sync", "--augment", "none", "--on-error", "skip",
@@ -236,3 +241,46 @@ def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
     assert report["counts"]["skipped"] == 64  # 32 rows x 2 epochs, counted
     assert report["counts"]["trained"] == 192  # 96 good rows x 2 epochs
     _assert_exactly_once(report, 128)
+
+
+def _kill_trainer_after_first_checkpoint(out: Path, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the Ray Train worker process once the first epoch checkpoint exists."""
+    import os
+    import signal
+
+    deadline = time.monotonic() + 300
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any((out / "ray_results").glob("*/checkpoint_*")):
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if title.startswith("ray::RayTrainWorker"):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                    killed.append(int(cmdline.parent.name))
+                    return
+        time.sleep(0.2)
+
+
+def test_killed_trainer_resumes_from_its_epoch_checkpoint(ray_local, decoy_root, tmp_path):
+    """A trainer worker killed after epoch 1: Ray Train restarts the group, the loop resumes at
+    epoch 2 from the checkpoint (model, optimiser, step, counts) and the report counts it."""
+    out = tmp_path / "run"
+    cfg = _config(decoy_root, out, mode="sync", augment="none", epochs=3, max_failures=1)
+    stop, killed = threading.Event(), []
+    thread = threading.Thread(target=_kill_trainer_after_first_checkpoint,
+                              args=(out, stop, killed), daemon=True)
+    thread.start()
+    try:
+        report = run_training(cfg, verbose=False)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert killed, "no trainer worker was killed"
+    assert report["restarts"] >= 1
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2, 3]
+    steps = [e["steps"] for e in report["epochs"]]
+    assert steps == sorted(steps) and steps[0] > 0  # the step count went on, not from zero
+    # every epoch's keys once: the resumed run restarted its epoch from the start
+    _assert_exactly_once(report, 320)

@@ -68,7 +68,7 @@ def _batch(n: int, skipped: list[int], versions: list[int] | None = None) -> dic
 def test_accounting_counts_everything() -> None:
     acc = BatchAccounting(max_staleness=2, stale_policy="drop", record_keys=True)
     acc.start_epoch()
-    plan = acc.account(_batch(4, skipped=[3], versions=[5, 2, 4, 5]), step=5)
+    plan = acc.account(_batch(4, skipped=[3], versions=[5, 2, 4, 9]), step=5)
     assert plan.keep.tolist() == [True, False, True, False]  # row 1: 3 steps stale, row 3 skipped
     assert acc.counts == {"rows": 4, "skipped": 1, "stale": 1, "stale_dropped": 1, "occluded": 1}
     assert acc.staleness == {0: 1, 3: 1, 1: 1}  # skipped rows have no staleness

@@ -85,7 +85,7 @@ class BatchAccounting:
 
     def _staleness(self, version: np.ndarray, keep: np.ndarray, step: int) -> RowPlan:
         explained = keep & (version >= 0)
-        self.versions.update(int(v) for v in np.unique(version[explained]))
+        self.versions.update(int(v) for v in np.unique(version[keep]))  # -1: no model explained
         self.staleness.update(int(s) for s in (step - version)[explained])
         plan, stale = apply_stale_policy(
             version, keep, step, max_staleness=self.max_staleness, policy=self.stale_policy

@@ -90,13 +90,20 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resourc
 
 
 def init_ray(cfg: TrainConfig) -> None:
-    """Join ``cfg.address`` or start a local Ray for this process (no-op when initialised)."""
+    """Join ``cfg.address`` or start a local Ray for this process (no-op when initialised);
+    its workers get this process's storage settings (not credentials) in their environment."""
     import ray  # noqa: PLC0415
+
+    from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    runtime_env = {"worker_process_setup_hook": "reldrop.pipeline.training.logs.quiet_worker"}
+    runtime_env: dict[str, Any] = {
+        "worker_process_setup_hook": "reldrop.pipeline.training.logs.quiet_worker"}
+    env_vars = worker_env()
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
     if cfg.address is None:  # a local cluster for this process only
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, include_dashboard=False,
                  configure_logging=False, runtime_env=runtime_env)
@@ -269,7 +276,7 @@ def _upload(local: Path, url: str) -> None:
 
     fs, path = resolve(url)
     fs.makedirs(path, exist_ok=True)
-    for item in local.iterdir():
+    for item in sorted(local.iterdir()):
         if item.is_file():
             fs.put_file(str(item), f"{path.rstrip('/')}/{item.name}")
 

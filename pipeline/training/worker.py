@@ -162,7 +162,7 @@ def _batches(w: _Worker, shard: Any, epoch: int) -> Any:
         line = data_error(err)
         if line is None:
             raise
-        raise RuntimeError(f"bad training data: {line}") from err
+        raise ValueError(f"bad training data: {line}") from err
 
 
 def _run_epoch(w: _Worker, shard: Any, epoch: int) -> dict[str, Any]:
