@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from reldrop.pipeline.data.codecs import SampleError, decode_sample
-from reldrop.pipeline.data.fs import resolve
+from reldrop.pipeline.data.fs import StorageError, resolve, retrying
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo
 
 __all__ = [
@@ -134,38 +134,47 @@ class ShardTask:
         return cls(row_seed=None if seed is None else tuple(seed), **values)
 
 
-def fetch_shard(task: ShardTask) -> bytes:
-    """The shard's bytes, read once and hashed on the way; raise naming the shard if they
-    differ from the manifest (size or sha256), are missing or unreadable."""
+def _read_hashed(task: ShardTask) -> tuple[bytes, str]:
     fs, path = resolve(task.url)
     digest = hashlib.sha256()
     parts: list[bytes] = []
     size = 0
+    with fs.open(path, "rb") as f:
+        while size <= task.num_bytes:  # stop early on a (much) larger replacement
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            parts.append(chunk)
+            size += len(chunk)
+    return b"".join(parts), digest.hexdigest()
+
+
+def fetch_shard(task: ShardTask) -> bytes:
+    """The shard's bytes, read once and hashed on the way (the read is retried from the start
+    on transient storage errors); raise naming the shard if they differ from the manifest
+    (size or sha256), are missing or unreadable. Storage errors (credentials, bucket,
+    endpoint) are not the shard's fault and pass through under any policy."""
     try:
-        with fs.open(path, "rb") as f:
-            while size <= task.num_bytes:  # stop early on a (much) larger replacement
-                chunk = f.read(_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                parts.append(chunk)
-                size += len(chunk)
+        data, digest = retrying(lambda: _read_hashed(task))
+    except StorageError:
+        raise
     except FileNotFoundError as err:
         raise ChecksumError(f"shard {task.url!r} listed in the manifest does not exist") from err
     except OSError as err:
         raise _ShardProblem(task.url, f"cannot be read ({type(err).__name__}: {err})") from err
-    if size != task.num_bytes:
-        more = " or more" if size > task.num_bytes else ""
+    if len(data) != task.num_bytes:
+        more = " or more" if len(data) > task.num_bytes else ""
         raise ChecksumError(
-            f"shard {task.url!r}: {size}{more} bytes, manifest says {task.num_bytes} "
+            f"shard {task.url!r}: {len(data)}{more} bytes, manifest says {task.num_bytes} "
             "(truncated or replaced)"
         )
-    if digest.hexdigest() != task.sha256:
+    if digest != task.sha256:
         raise ChecksumError(
-            f"shard {task.url!r}: sha256 {digest.hexdigest()} differs from manifest {task.sha256} "
+            f"shard {task.url!r}: sha256 {digest} differs from manifest {task.sha256} "
             "(changed in place)"
         )
-    return b"".join(parts)
+    return data
 
 
 def _member_key(member: tarfile.TarInfo, url: str) -> tuple[str, str]:
