@@ -186,7 +186,7 @@ def test_plan_checks_sizes_and_names_missing_shards() -> None:
 
 def test_data_error_finds_shard_lines() -> None:
     wrapped = RuntimeError("Traceback\n  ValueError: shard 's3://b/train-000001.tar': holds 3 samples\nmore")
-    assert data_error(wrapped) == "shard 's3://b/train-000001.tar': holds 3 samples"
+    assert data_error(wrapped) == "ValueError: shard 's3://b/train-000001.tar': holds 3 samples"
 
 
 # ---- the batch decoder equals the row decoder on every dataset kind ----------------------

@@ -124,15 +124,15 @@ def _size_problems(infos: tuple[ShardInfo, ...], urls: list[str]) -> list[str | 
     return problems
 
 
-_DATA_LINE = re.compile(r"shard '[^']*'(?:, sample '[^']*')?: .*")
+_DATA_LINE = re.compile(r"shard '[^']*'(?:, sample '[^']*')?: ")
 
 
 def data_error(err: BaseException) -> str | None:
-    """The ``shard '...'[, sample '...']: ...`` line inside a (Ray-wrapped) data error."""
+    """The line holding ``shard '...'[, sample '...']: ...`` inside a (Ray-wrapped) data error
+    (whole, with any context before it, such as an exception class name)."""
     for line in str(err).splitlines():
-        found = _DATA_LINE.search(line)
-        if found:
-            return found.group(0).strip()
+        if _DATA_LINE.search(line):
+            return line.strip()
     return None
 
 
