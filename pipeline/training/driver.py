@@ -96,9 +96,12 @@ def init_ray(cfg: TrainConfig) -> None:
 
     from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
 
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train copies worker prints into its logger and, where the worker's stdout is already
+    # redirected, prints them again: every progress line twice. Print once.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     runtime_env: dict[str, Any] = {
         "worker_process_setup_hook": "reldrop.pipeline.training.logs.quiet_worker"}
     env_vars = worker_env()
