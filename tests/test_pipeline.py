@@ -33,6 +33,9 @@ def _config(decoy_root: str, out: Path, **kw) -> TrainConfig:
 
 
 def _assert_exactly_once(report: dict, expected: int) -> None:
+    epochs = report["keys"][0]
+    if len(epochs) > 1 and report["config"]["shuffle"]:  # a new order every epoch
+        assert epochs[0] != epochs[1]
     for worker_keys in zip(*report["keys"]):  # per epoch, across workers
         keys = [k for w in worker_keys for k in w]
         dupes = [k for k, c in Counter(keys).items() if c > 1]
