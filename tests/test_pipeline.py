@@ -33,6 +33,9 @@ def _config(decoy_root: str, out: Path, **kw) -> TrainConfig:
 
 
 def _assert_exactly_once(report: dict, expected: int) -> None:
+    epochs = report["keys"][0]
+    if len(epochs) > 1 and report["config"]["shuffle"]:  # a new order every epoch
+        assert epochs[0] != epochs[1]
     for worker_keys in zip(*report["keys"]):  # per epoch, across workers
         keys = [k for w in worker_keys for k in w]
         dupes = [k for k, c in Counter(keys).items() if c > 1]
@@ -241,20 +244,32 @@ def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
     _assert_exactly_once(report, 128)
 
 
+def _raylet_pid() -> int:
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
 def _kill_trainer_after_first_checkpoint(out: Path, stop: threading.Event, killed: list) -> None:
-    """SIGKILL the Ray Train worker process once the first epoch checkpoint exists."""
+    """SIGKILL this cluster's Ray Train worker process once the first epoch checkpoint exists
+    (other Ray clusters on the machine are left alone: the worker's parent is our raylet)."""
     import os
     import signal
 
+    raylet = _raylet_pid()
     deadline = time.monotonic() + 300
     while not stop.is_set() and time.monotonic() < deadline:
-        if any((out / "ray_results").glob("*/checkpoint_*")):
+        # the controller's snapshot: the checkpoint is registered, a restart will get it
+        if any((out / "ray_results").glob("*/checkpoint_manager_snapshot.json")):
             for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
                 try:
                     title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    stat = (cmdline.parent / "stat").read_text().rsplit(")", 1)[-1].split()
                 except OSError:
                     continue
-                if title.startswith("ray::RayTrainWorker"):
+                if title.startswith("ray::RayTrainWorker") and int(stat[1]) == raylet:
                     os.kill(int(cmdline.parent.name), signal.SIGKILL)
                     killed.append(int(cmdline.parent.name))
                     return

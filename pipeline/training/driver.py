@@ -32,7 +32,9 @@ from reldrop.pipeline.training.report import (
 )
 from reldrop.pipeline.training.scaling import READ_CPUS, Resources, plan_resources
 
-__all__ = ["DEMO_DATASET", "READ_CPUS", "default_data", "init_ray", "run_training"]
+__all__ = [
+    "DEMO_DATASET", "READ_CPUS", "default_data", "init_ray", "run_training", "train_set_names",
+]
 
 DEMO_DATASET = "decoy-mnist"
 
@@ -95,9 +97,12 @@ def init_ray(cfg: TrainConfig) -> None:
 
     from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
 
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train copies worker prints into its logger and, where the worker's stdout is already
+    # redirected, prints them again: every progress line twice. Print once.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     runtime_env: dict[str, Any] = {
         "worker_process_setup_hook": "reldrop.pipeline.training.logs.quiet_worker"}
     env_vars = worker_env()
@@ -161,11 +166,25 @@ def _banner(run: _Run) -> str:
     )
 
 
+def train_set_names(cfg: TrainConfig) -> list[str]:
+    """One training dataset per epoch when shuffling (Ray Train re-runs a dataset's plan every
+    epoch, so one dataset always streams one order), else one for every epoch."""
+    return [f"train_{e}" for e in range(cfg.epochs)] if cfg.shuffle else ["train"]
+
+
 def _datasets(run: _Run) -> dict[str, Any]:
+    """Training sets (explainer stage appended), then the unsplit evaluation sets.
+
+    Shuffled, each epoch's shard order and within-shard order come from (seed, epoch): a rerun
+    with the same seed sees the same orders, each key once per epoch. With ``--limit`` an epoch
+    takes the first rows of its own order."""
     cfg = run.cfg
-    train = read_split(run.plan, on_error=cfg.on_error, read_cpus=run.res.read_cpus,
-                       limit=cfg.limit, rows_per_block=cfg.stage_batch_size)
-    datasets = {"train": _stage(cfg, train, run.spec, run.run_id, run.res)}
+    datasets: dict[str, Any] = {}
+    for epoch, name in enumerate(train_set_names(cfg)):
+        rows = read_split(run.plan, on_error=cfg.on_error, read_cpus=run.res.read_cpus,
+                          limit=cfg.limit, rows_per_block=cfg.stage_batch_size,
+                          shuffle_seed=cfg.seed if cfg.shuffle else None, epoch=epoch)
+        datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
             datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),
@@ -191,13 +210,14 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
         train_loop_per_worker=_train_loop,
         train_loop_config={
             "config": cfg.to_json(), "spec": run.spec.to_json(), "run_id": run.run_id,
-            "eval_sets": [k for k in datasets if k != "train"],
+            "train_sets": train_set_names(cfg),
+            "eval_sets": [k for k in ("test", "ood_test") if k in datasets],
             "train_samples": min(run.plan.num_samples, cfg.limit or run.plan.num_samples),
         },
         scaling_config=ScalingConfig(num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": res.trainer_cpus, **gpus}),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=train_set_names(cfg)),
         run_config=RunConfig(
             name=f"reldrop-{run.run_id}", storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
