@@ -173,10 +173,19 @@ class ExplainerStage:
             )
         return torch.from_numpy(labels)
 
-    def _relevance(self, batch: dict[str, Any], x: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
-        """Relevance for the ``applied`` rows (zeros elsewhere), on the host."""
+    def _relevance(
+        self, batch: dict[str, Any], x: torch.Tensor, applied: torch.Tensor,
+        streamed: np.ndarray | None = None,
+    ) -> torch.Tensor:
+        """Relevance for the ``applied`` rows (zeros elsewhere), on the host: from the
+        ``relevance`` column the read joined in (precomputed, streamed shard by shard), from a
+        whole-split lookup, or from the model replica."""
         rel = torch.zeros(x.shape[0], *(x.shape[2:] if x.ndim == 4 else x.shape[1:2]))
         idx = torch.nonzero(applied).flatten()  # on the host: no device sync to index
+        if streamed is not None:
+            rel[idx] = torch.from_numpy(np.asarray(streamed, dtype=np.float32))[idx].reshape(
+                rel[idx].shape)
+            return rel
         if self.precomputed is not None:
             for i in idx.tolist():
                 rel[i] = torch.from_numpy(self.precomputed[str(batch["key"][i])].astype(np.float32))
@@ -207,10 +216,12 @@ class ExplainerStage:
         if self.replica is not None:
             self._gate(n)
             self._refresh()
+        streamed = batch.pop("relevance", None)  # joined by the read; not sent on to trainers
         x = model_inputs(batch[cfg.image_column], self.normalization)
         valid = ~np.asarray(batch.get("skipped", np.zeros(n, dtype=bool)), dtype=bool)
         applied = self.occluder.select(n, self.generator) & torch.from_numpy(valid)
-        rel = self._relevance(batch, x, applied) if self.occluder.needs_relevance else None
+        rel = (self._relevance(batch, x, applied, streamed) if self.occluder.needs_relevance
+               else None)
         dropped, fallback = self.occluder.drop_mask(x, rel, applied=applied, generator=self.generator)
         batch["dropped"] = dropped.cpu().numpy().astype(np.uint8)
         batch["fallback"] = fallback.numpy()

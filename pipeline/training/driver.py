@@ -76,8 +76,7 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resourc
         return ds
     stage = StageConfig(
         run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
-        use_model=cfg.needs_explainer,
-        precomputed=cfg.precomputed if cfg.mode == "precomputed" else None,
+        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
         max_ahead=cfg.max_ahead_samples(), threads=max(1, int(round(res.explainer_cpus))),
         seed=cfg.seed, device="cuda" if res.explainer_gpus > 0 else "cpu",
     )
@@ -172,6 +171,14 @@ def train_set_names(cfg: TrainConfig) -> list[str]:
     return [f"train_{e}" for e in range(cfg.epochs)] if cfg.shuffle else ["train"]
 
 
+def _precomputed(cfg: TrainConfig) -> Any:
+    from reldrop.pipeline.data.columns import ColumnJoin  # noqa: PLC0415
+
+    if cfg.mode == "precomputed" and cfg.has_stage:
+        return ColumnJoin(root_url=str(cfg.precomputed))
+    return None
+
+
 def _datasets(run: _Run) -> dict[str, Any]:
     """Training sets (explainer stage appended), then the unsplit evaluation sets.
 
@@ -183,7 +190,8 @@ def _datasets(run: _Run) -> dict[str, Any]:
     for epoch, name in enumerate(train_set_names(cfg)):
         rows = read_split(run.plan, on_error=cfg.on_error, read_cpus=run.res.read_cpus,
                           limit=cfg.limit, rows_per_block=cfg.stage_batch_size,
-                          shuffle_seed=cfg.seed if cfg.shuffle else None, epoch=epoch)
+                          shuffle_seed=cfg.seed if cfg.shuffle else None, epoch=epoch,
+                          columns=_precomputed(cfg))
         datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
