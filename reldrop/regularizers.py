@@ -255,11 +255,34 @@ def _lrp_mode(model: nn.Module, eps: float, bn_stats: str, phase: _Phase) -> Ite
             setattr(module, attr, value)
 
 
-def _first_layer(model: nn.Module) -> nn.Conv2d | nn.Linear:
-    for module in model.modules():
+def _first_layers(model: nn.Module) -> tuple[nn.Conv2d | nn.Linear, nn.Module | None]:
+    """The first ``nn.Conv2d`` / ``nn.Linear`` and the BatchNorm right after it (or None)."""
+    modules = list(model.modules())
+    for i, module in enumerate(modules):
         if isinstance(module, nn.Conv2d | nn.Linear):
-            return module
+            after = modules[i + 1] if i + 1 < len(modules) else None
+            bn = after if isinstance(after, nn.modules.batchnorm._BatchNorm) else None
+            return module, bn
     raise TypeError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer for the z^B rule")
+
+
+def _merged_weight(
+    layer: nn.Conv2d | nn.Linear, bn: nn.Module | None, layer_out: torch.Tensor, bn_stats: str
+) -> torch.Tensor:
+    """The first layer's weight with a following BatchNorm merged in (statistics constant)."""
+    if bn is None:
+        return layer.weight
+    norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    if bn_stats == "batch" and norm.training:
+        dims = [0] + list(range(2, layer_out.ndim))
+        var = layer_out.detach().var(dim=dims, unbiased=False)
+    else:
+        assert norm.running_var is not None
+        var = norm.running_var
+    scale = 1 / torch.sqrt(var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    return layer.weight * scale.view(-1, *([1] * (layer.weight.ndim - 1)))
 
 
 def _apply_weight(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -269,16 +292,15 @@ def _apply_weight(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.T
 
 
 def _zb_relevance(
-    layer: nn.Conv2d | nn.Linear, x: torch.Tensor, out_relevance: torch.Tensor,
-    low: torch.Tensor, high: torch.Tensor, stabilizer: float = 1e-9,
+    layer: nn.Conv2d | nn.Linear, weight: torch.Tensor, x: torch.Tensor,
+    out_relevance: torch.Tensor, low: torch.Tensor, high: torch.Tensor, stabilizer: float = 1e-9,
 ) -> torch.Tensor:
-    """z^B rule (Montavon et al. 2017) through ``layer``: R_i = sum_j (x_i w_ij - l_i w+_ij -
-    h_i w-_ij) / z^B_j R_j, differentiable in the parameters (no bias, as the rule)."""
+    """z^B rule (Montavon et al. 2017) through ``layer`` with ``weight``: R_i = sum_j (x_i w_ij
+    - l_i w+_ij - h_i w-_ij) / z^B_j R_j, differentiable in the parameters (no bias)."""
     lo = low.expand_as(x).detach().requires_grad_(True)
     hi = high.expand_as(x).detach().requires_grad_(True)
-    w = layer.weight
-    zb = _apply_weight(layer, x, w) - _apply_weight(layer, lo, w.clamp(min=0)) - _apply_weight(
-        layer, hi, w.clamp(max=0)
+    zb = _apply_weight(layer, x, weight) - _apply_weight(layer, lo, weight.clamp(min=0)) - (
+        _apply_weight(layer, hi, weight.clamp(max=0))
     )
     s = out_relevance / (zb + stabilizer)
     gx, gl, gh = torch.autograd.grad(zb, (x, lo, hi), grad_outputs=s, create_graph=True)
@@ -321,33 +343,57 @@ def lrp_heatmap(
         raise ValueError(f"eps={eps}; expected > 0")
     x = inputs if inputs.requires_grad else inputs.detach().requires_grad_(True)
     phase = _Phase()
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    layer = _first_layer(model) if first_layer == "zb" else None
-    handle = None
-    if layer is not None:
-        handle = layer.register_forward_hook(lambda m, i, o: seen.append((i[0], o)))
-    try:
-        with torch.enable_grad(), _lrp_mode(model, eps, bn_stats, phase):
+    with torch.enable_grad(), _lrp_mode(model, eps, bn_stats, phase):
+        if first_layer == "epsilon":
             logits = model(x)
-            chosen = logits.gather(1, targets.view(-1, 1)).sum()
             phase.explaining = True
             try:
-                if layer is None:
-                    (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
-                    return (grad * x).sum(dim=1), logits
-                first_in, first_out = seen[0]
-                if first_in is not x:
-                    raise TypeError("first_layer='zb' needs the first Conv2d/Linear to take the "
-                                    "model input directly; use first_layer='epsilon'")
-                (g,) = torch.autograd.grad(chosen, first_out, create_graph=True)
+                chosen = logits.gather(1, targets.view(-1, 1)).sum()
+                (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
             finally:
                 phase.explaining = False
-            low, high = _low_high(x, bounds)
-            rel = _zb_relevance(layer, x, first_out * g, low, high)
-            return rel.sum(dim=1), logits
+            return (grad * x).sum(dim=1), logits
+        return _zb_heatmap(model, x, targets, eps, bn_stats, phase, bounds)
+
+
+def _zb_heatmap(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, eps: float, bn_stats: str,
+    phase: _Phase, bounds: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lrp_heatmap` with z^B on the first layer (+ its BatchNorm), which must be followed
+    by a ReLU: the relevance reaching that ReLU's output is R = a * dy/da, recovered from the
+    epsilon-scaled gradient g at its input as g * (a + eps)."""
+    layer, bn = _first_layers(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_layer(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen["in"], seen["layer"] = inp[0], out
+
+    def keep_out(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen["out"] = out  # registered after _lrp_mode's BatchNorm hook: sees its output
+
+    handles = [layer.register_forward_hook(keep_layer),
+               (bn if bn is not None else layer).register_forward_hook(keep_out)]
+    try:
+        logits = model(x)
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
+    first_in, out = seen["in"], seen["out"]
+    if first_in.numel() != x.numel():
+        raise TypeError("first_layer='zb' needs the first Conv2d/Linear to see the model input "
+                        "(or a reshape of it); use first_layer='epsilon'")
+    phase.explaining = True
+    try:
+        chosen = logits.gather(1, targets.view(-1, 1)).sum()
+        (g,) = torch.autograd.grad(chosen, out, create_graph=True)
+    finally:
+        phase.explaining = False
+    relevance = g * (out.clamp(min=0) + eps)
+    weight = _merged_weight(layer, bn, seen["layer"], bn_stats)
+    low, high = (v.expand_as(x).reshape(first_in.shape) for v in _low_high(x, bounds))
+    rel = _zb_relevance(layer, weight, first_in, relevance, low, high).reshape(x.shape)
+    return rel.sum(dim=1), logits
 
 
 def _gwrp(values: torch.Tensor, d: float) -> torch.Tensor:
