@@ -4,20 +4,44 @@ A config file is a flat mapping whose keys are the job's long flag names (``batc
 ``batch_size``; ``lambda`` for ``--lambda``). Its values become the parser's defaults, so any flag
 given on the command line wins. Unknown keys, values of the wrong type and values outside a
 flag's ``choices`` are errors that name the key; nothing is coerced silently (``epochs = 2.5``
-is an error, not ``2``).
+is an error, not ``2``). Files are capped at 1 MiB; YAML duplicate keys and aliases (``*name``,
+the "billion laughs" expansion) are refused rather than silently resolved.
+
+Every job's parser reports a bad flag as one line, ``reldrop <job>: <problem>; see reldrop <job>
+--help``, exits 2, and takes ``--debug`` (full tracebacks, see :mod:`reldrop.jobs.cli`).
+Numeric flags use the checked types here (:func:`positive_int`, :func:`finite_nonneg_float`, ...),
+which reject ``0``, ``-1``, ``inf`` and ``nan`` where they make no sense, before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-__all__ = ["load_config_file", "new_parser", "parse_with_config"]
+from reldrop.pipeline.data.storage import parse_storage_options
+
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "CheckedNumber",
+    "finite_float",
+    "finite_nonneg_float",
+    "load_config_file",
+    "new_parser",
+    "nonneg_int",
+    "parse_with_config",
+    "positive_float",
+    "positive_int",
+]
+
+#: Largest config file read (a flat mapping of flags is a few KiB).
+MAX_CONFIG_BYTES = 1 << 20
 
 _SKIPPED = (argparse._HelpAction, argparse._VersionAction)
 _FLAG_ACTIONS = (
@@ -28,9 +52,56 @@ _FLAG_ACTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class CheckedNumber:
+    """An argparse ``type`` for a finite number with a lower bound (also checks config values).
+
+    Accepts the command line's string or a config file's number (never a bool); raises
+    ``argparse.ArgumentTypeError`` naming what was expected, so argparse prints one line.
+    """
+
+    kind: type[int] | type[float]
+    minimum: float | None = None
+    strict: bool = False  # minimum excluded
+
+    @property
+    def __name__(self) -> str:
+        bound = "" if self.minimum is None else f" {'>' if self.strict else '>='} {self.minimum:g}"
+        return f"{'an integer' if self.kind is int else 'a finite number'}{bound}"
+
+    def __call__(self, value: str | float) -> int | float:
+        expected = f"expected {self.__name__}; got {value!r}"
+        if isinstance(value, bool):
+            raise argparse.ArgumentTypeError(expected)
+        try:
+            number = self.kind(value) if isinstance(value, str) or self.kind is float else value
+        except ValueError:
+            raise argparse.ArgumentTypeError(expected) from None
+        if not isinstance(number, self.kind) or not math.isfinite(number):
+            raise argparse.ArgumentTypeError(expected)
+        low = self.minimum
+        if low is not None and (number < low or (self.strict and number == low)):
+            raise argparse.ArgumentTypeError(expected)
+        return number
+
+
+positive_int = CheckedNumber(int, 1)
+nonneg_int = CheckedNumber(int, 0)
+finite_float = CheckedNumber(float)
+finite_nonneg_float = CheckedNumber(float, 0)
+positive_float = CheckedNumber(float, 0, strict=True)
+
+
+class _JobParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line: ``PROG: problem; see PROG --help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see {self.prog} --help\n")
+
+
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """An argument parser that understands ``--config FILE``."""
-    parser = argparse.ArgumentParser(
+    """An argument parser that understands ``--config FILE`` and ``--debug``."""
+    parser = _JobParser(
         prog=prog,
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -42,28 +113,75 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
         help="YAML or TOML file whose keys are this job's flag names; flags given on the "
         "command line override it",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print the full traceback as well as the one-line summary",
+    )
+    parser.add_argument(
+        "--storage-options", type=parse_storage_options, default=None,
+        help="JSON object of object-storage settings over the AWS environment's: endpoint_url, "
+        "region, anon, attempts, extra (per-protocol fsspec options); never credentials",
+    )
     return parser
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without aliases and with duplicate keys as errors.
+
+    A flat config needs neither; aliases let a few lines expand exponentially ("billion
+    laughs"), and a repeated key would silently keep only its last value.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"alias *{event.anchor} is not allowed in a config file; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) mapping of flag names to values."""
     if not path.is_file():
         raise ValueError(f"--config: file {str(path)!r} does not exist")
-    text = path.read_text()
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"--config: {str(path)!r} is {size} bytes; a config file may hold at most "
+            f"{MAX_CONFIG_BYTES} (a flat mapping of flag names)"
+        )
     suffix = path.suffix.lower()
     try:
+        text = path.read_text(encoding="utf-8")
         if suffix == ".toml":
             data: Any = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
             data = {} if data is None else data
         else:
             raise ValueError(
                 f"--config: {str(path)!r} has suffix {suffix!r}; expected .yaml, .yml or .toml"
             )
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = " ".join(str(err).split())
         raise ValueError(
-            f"--config: {str(path)!r} is not valid {suffix[1:].upper()}: {err}"
+            f"--config: {str(path)!r} is not valid {suffix[1:].upper()}: {problem}"
         ) from err
     if not isinstance(data, dict):
         raise ValueError(
@@ -94,6 +212,8 @@ def _type_name(kind: object) -> str:
         return "an integer"
     if kind is float:
         return "a number"
+    if isinstance(kind, CheckedNumber):
+        return kind.__name__
     return f"a string accepted by {getattr(kind, '__name__', repr(kind))}"
 
 
@@ -107,9 +227,18 @@ def _scalar(key: str, value: Any, action: argparse.Action) -> Any:
         value = float(value) if ok else value
     elif kind is None or kind is str:
         ok = isinstance(value, str)
+    elif isinstance(kind, CheckedNumber):  # a number, as for int/float: never a string
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        try:
+            value = kind(value) if ok else value
+        except argparse.ArgumentTypeError:
+            ok = False
     else:
         # a custom converter (Path, a parsing function) gets the string a shell would pass;
-        # the raw string is kept because argparse converts string defaults itself
+        # the raw string is kept because argparse converts string defaults itself; a number
+        # in the file stands for the digits a shell would pass (``explainers = 4``)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
         ok = isinstance(value, str)
         if ok:
             try:

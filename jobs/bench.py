@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.bench import BenchConfig, run_bench  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     names = set(BenchConfig.__dataclass_fields__)
     config = BenchConfig(**{k: v for k, v in vars(args).items() if k in names})
     run_bench(config)
@@ -60,4 +62,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("bench"))

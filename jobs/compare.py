@@ -19,6 +19,7 @@ import argparse
 from collections.abc import Sequence
 
 from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -59,7 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.01,
                    help="--search: strongest setting within TOL of the best val accuracy wins")
     p.add_argument("--model", default="small-cnn", help="--search: model name")
+    p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
+                   help="--search: replace METHOD's grid by these values (lambda for a "
+                   "regularizer, p for an augmentation); repeatable")
     return p
+
+
+def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, list[dict[str, float]]]:
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
+
+    grids: dict[str, list[dict[str, float]]] = {}
+    for item in items:
+        method, _, values = item.partition("=")
+        key = "p" if method.startswith(("reldrop-", "random-")) else "lam"
+        try:
+            grids[method] = [{key: float(v)} for v in values.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with numbers")
+        if method not in GRIDS or not grids[method]:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with METHOD in {list(GRIDS)}")
+    return grids
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -77,6 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--methods {wrong} not known with --search {args.search}; expected {list(known)}")
     if args.search != "off" and not args.data:
         parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
+    args.grid = _grids(parser, args.grid)
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),
                         ("--eval-limit", args.eval_limit), ("--parallel", args.parallel)):
         if value < 1:
@@ -91,6 +112,7 @@ def _main_search(args: argparse.Namespace) -> int:
         data=args.data, methods=tuple(args.methods), quick=args.search == "quick",
         seeds=tuple(range(args.seeds)), epochs=args.epochs, limit=args.limit,
         eval_limit=args.eval_limit, tol=args.tol, model=args.model, out=args.out,
+        grids=args.grid,
     )
     result = run_search(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])
@@ -101,6 +123,7 @@ def _main_search(args: argparse.Namespace) -> int:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     if args.search != "off":
         return _main_search(args)
 
@@ -118,4 +141,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("compare"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -20,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="in-distribution shards ROOT[#split]")
     p.add_argument("--ood-data", default=None, help="out-of-distribution shards ROOT[#split]")
     p.add_argument("--out", default="runs/evaluate", help="output directory")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--composite", default="reference", help="LRP composite name")
-    p.add_argument("--limit", type=int, default=None, help="use at most N samples per data set")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random occlusion order")
+    p.add_argument(
+        "--limit", type=positive_int, default=None, help="use at most N samples per data set"
+    )
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random occlusion order")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="bad sample policy")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-plots", action="store_true", help="write evaluation.json only")
@@ -31,18 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parse_with_config(parser, argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}; expected >= 1")
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit {args.limit}; expected >= 1")
-    return args
+    return parse_with_config(build_parser(), argv)
 
 
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     report = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -67,4 +65,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("evaluate"))

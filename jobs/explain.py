@@ -7,7 +7,8 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset ROOT or ROOT#split (default split train)")
     p.add_argument("--out", default=None, help="root URL for the column shards (default: ROOT)")
     p.add_argument("--composite", default="reference", help="LRP composite name")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"))
     return p
 
@@ -30,6 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
 
+    configure_storage(args.storage_options)
     summary = explain_dataset(
         args.checkpoint, args.data, out_url=args.out, composite=args.composite,
         batch_size=args.batch_size, on_error=args.on_error,
@@ -39,4 +41,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("explain"))

@@ -1,7 +1,7 @@
 """``reldrop make-shards``: write a dataset as WebDataset tar shards plus ``manifest.parquet``.
 
 Datasets: decoy-mnist, mnist, digits, points, npz:PATH, folder:PATH. ``--out`` is any fsspec
-URL (local path, file://, memory://, s3:// with the s3 extra, gs:// with the gcs extra).
+URL (local path, file://, memory://, s3:// (s3fs ships with reldrop), gs:// with the gcs extra).
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -18,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("reldrop make-shards", __doc__ or "")
     p.add_argument("--dataset", required=True, help="dataset name (decoy-mnist, npz:PATH, ...)")
     p.add_argument("--out", required=True, help="dataset root URL (directory)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use at most N source samples")
-    p.add_argument("--image-size", type=int, default=None, help="square image side (pad/resize)")
-    p.add_argument("--num-points", type=int, default=256, help="points per cloud (points)")
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most N source samples")
+    p.add_argument(
+        "--image-size", type=positive_int, default=None, help="square image side (pad/resize)"
+    )
+    p.add_argument("--num-points", type=positive_int, default=256, help="points per cloud (points)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
@@ -35,6 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
 
+    configure_storage(args.storage_options)
     summary = build_dataset(
         args.dataset,
         args.out,
@@ -56,4 +60,6 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(parse_args()))
+    from reldrop.jobs.cli import run
+
+    raise SystemExit(run("make-shards"))

@@ -59,20 +59,49 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`."""
-    from safetensors import safe_open
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`.
+
+    A file that is not safetensors, lacks the model spec, does not fit the model or holds a
+    non-finite weight (a diverged run) is a ``ValueError`` naming the file (and the tensor).
+    """
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    where = f"checkpoint {str(path)!r}"
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+        raise ValueError(f"{where} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{where} is not a readable safetensors file ({err})") from err
     if "spec" not in meta:
-        raise ValueError(f"checkpoint {str(path)!r} has no reldrop model spec in its metadata")
-    spec = ModelSpec.from_json(json.loads(meta["spec"]))
+        raise ValueError(f"{where} has no reldrop model spec in its metadata")
+    try:
+        spec = ModelSpec.from_json(json.loads(meta["spec"]))
+        extra = json.loads(meta.get("extra", "{}"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{where}: its model spec is not valid ({err!r})") from err
+    _check_finite(state, where)
     model = spec.build()
-    model.load_state_dict(load_file(str(path)))
-    return model, spec, json.loads(meta.get("extra", "{}"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        problem = " ".join(str(err).split())
+        raise ValueError(f"{where} does not fit model {spec.name!r}: {problem}") from err
+    return model, spec, extra
+
+
+def _check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse NaN/inf weights: a model that diverged must not be evaluated as if it had not."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"{where}: tensor {name!r} has {bad} non-finite value(s) of {tensor.numel()} "
+                "(the run diverged); use an earlier checkpoint or retrain"
+            )
 
 
 def state_to_numpy(model: nn.Module) -> dict[str, Any]:

@@ -67,14 +67,81 @@ def make_model():
     return make
 
 
+#: fake credentials for the local S3 server: distinctive, so tests can prove no output holds them
+S3_KEY_ID = "AKIDRELDROPTEST00001"
+S3_SECRET = "reldrop-test-secret-do-not-write"
+
+
 @pytest.fixture(scope="session")
-def ray_local():
-    """One small local Ray cluster shared by every Ray test (2 CPUs, like CI)."""
+def s3_endpoint():
+    """A real S3-compatible server (moto's threaded server) on 127.0.0.1, on a free port."""
+    import logging
+
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def _ray_worker_env(request) -> dict[str, str]:
+    """What a cluster's pods would carry: the local S3 server's settings and credentials."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return {}
+    from reldrop.pipeline.data.fs import ENV_VAR, StorageOptions
+
+    endpoint = request.getfixturevalue("s3_endpoint")
+    return {
+        ENV_VAR: StorageOptions(endpoint_url=endpoint, region="us-east-1").to_json(),
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    }
+
+
+@pytest.fixture(scope="session")
+def ray_local(request):
+    """One small local Ray cluster shared by every Ray test (2 CPUs, like CI); its workers
+    reach the session's local S3 server as a cluster's pods would (settings + Secret env)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+                 runtime_env={"env_vars": _ray_worker_env(request)})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """This process as a user would set it up for the local S3 server: credentials in the
+    environment, the endpoint given by ``--storage-options`` (returned); storage settings,
+    checked buckets and cached s3fs instances reset before and after."""
+    from reldrop.pipeline.data import fs, storage
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "AWS_PROFILE", fs.ENV_VAR):
+        monkeypatch.setenv(name, "")  # recorded, so whatever a test sets is undone
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no metadata-service probes
+    monkeypatch.setattr(storage, "_configured", None)
+    storage.checked.clear()
+    _clear_s3fs_cache()
+    yield s3_endpoint
+    storage.checked.clear()
+    _clear_s3fs_cache()
+
+
+def _clear_s3fs_cache() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="session")

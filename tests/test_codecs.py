@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.codecs import SampleError, decode_row, decode_sample, encode_sample
 
 URL = "memory://ds/train-000000.tar"

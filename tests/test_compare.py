@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from reldrop.jobs.compare import main, parse_args
 from reldrop.pipeline.studies.compare import (
     METHODS,
@@ -108,9 +109,17 @@ def test_search_arguments() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--search", "quick", "--data", "x", "--methods", "none-sync"])
     args = parse_args(["--search", "quick", "--data", "x"])
-    from reldrop.pipeline.studies.search import GRIDS
+    from reldrop.pipeline.studies.search import GRIDS, grid_points
 
-    assert args.methods == list(GRIDS)
+    assert args.methods == list(GRIDS) and args.grid == {}
+    args = parse_args(["--search", "full", "--data", "x", "--grid", "rrr=1,10",
+                       "--grid", "reldrop-block=0.7"])
+    assert args.grid == {"rrr": [{"lam": 1.0}, {"lam": 10.0}], "reldrop-block": [{"p": 0.7}]}
+    assert grid_points("rrr", False, args.grid) == [{"lam": 1.0}, {"lam": 10.0}]
+    assert grid_points("rrr", True) == GRIDS["rrr"][0]
+    for bad in ("rrr=x", "nope=1", "rrr="):
+        with pytest.raises(SystemExit):
+            parse_args(["--search", "quick", "--data", "x", "--grid", bad])
 
 
 def test_quick_search_end_to_end(tmp_path, capsys) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from reldrop.jobs._args import new_parser, parse_with_config
+
+from reldrop.jobs._args import CheckedNumber, new_parser, parse_with_config
 from reldrop.jobs.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +42,11 @@ def _options(module: ModuleType) -> dict[str, argparse.Action]:
     return table
 
 
+def _kind(action: argparse.Action) -> Any:
+    """``int``/``float`` for plain and checked numeric flags, else the action's type."""
+    return action.type.kind if isinstance(action.type, CheckedNumber) else action.type
+
+
 def _sample_value(action: argparse.Action) -> Any:
     """A legal value for ``action`` that differs from its default (None: cannot guess)."""
     if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
@@ -50,9 +56,9 @@ def _sample_value(action: argparse.Action) -> Any:
     if action.choices is not None:
         choices = [c for c in action.choices if c != action.default]
         return choices[-1] if choices else None
-    if action.type is int:
+    if _kind(action) is int:
         return 7 if action.default != 7 else 8
-    if action.type is float:
+    if _kind(action) is float:
         return 0.375
     if action.type is None:
         return "from-config"
@@ -62,7 +68,7 @@ def _sample_value(action: argparse.Action) -> Any:
 def _expected(action: argparse.Action, value: Any) -> Any:
     if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
         return action.const
-    return float(value) if action.type is float else value
+    return float(value) if _kind(action) is float else value
 
 
 def _toml(values: dict[str, Any]) -> str:
@@ -105,7 +111,7 @@ def test_every_flag_can_come_from_a_config_file(job: str, suffix: str, tmp_path:
 def test_flags_override_the_file(job: str, tmp_path: Path) -> None:
     module = importlib.import_module(job)
     options = _options(module)
-    ints = [name for name, a in options.items() if a.type is int and a.choices is None]
+    ints = [name for name, a in options.items() if _kind(a) is int and a.choices is None]
     if not ints:
         pytest.skip(f"{job} has no integer flag")
     name = ints[0]
@@ -137,11 +143,14 @@ def test_wrong_types_name_key_and_type(
     module = importlib.import_module(job)
     cases: list[tuple[str, Any, str]] = []
     for name, action in _options(module).items():
-        if action.type is int:
+        if _kind(action) is int:
             cases.append((name, "three", "must be an integer"))
             cases.append((name, 2.5, "must be an integer"))
-        elif action.type is float:
-            cases.append((name, "0.5", "must be a number"))
+        elif _kind(action) is float:
+            cases.append((name, "0.5", "must be a"))
+        if isinstance(action.type, CheckedNumber) and action.type.minimum is not None:
+            cases.append((name, action.type.minimum - 1, "must be " + action.type.__name__))
+            cases.append((name, float("nan"), "must be " + action.type.__name__))
         elif isinstance(action, argparse._StoreTrueAction):
             cases.append((name, "yes", "must be true or false"))
         elif action.choices is not None:

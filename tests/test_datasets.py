@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.datasets import (
     BuildOptions,
     available_datasets,
@@ -214,3 +215,77 @@ def test_decoy_mnist_strong_test_decoy_is_always_a_wrong_class() -> None:
             code = (255 - shade) // 25
             assert corner == code % 4
             assert (code == label) == (split != "test")
+
+
+# --- strict npz validation: each problem one error naming the file and the array ------------
+
+
+def _good(n: int = 6) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {"x": rng.integers(0, 256, (n, 5, 5), dtype=np.uint8), "y": np.arange(n) % 3}
+
+
+_X3 = np.zeros((3, 5, 5), np.uint8)
+_X5 = np.zeros((5, 5, 5), np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"y": np.array([0.7, 1, 2, 0, 1, 2])}, r"array 'y' has dtype float64; expected integer"),
+        ({"y": np.array([0, 1, 2, 0, 1, 10**12])}, r"array 'y'\[5\] is 1000000000000; .*below 100000"),
+        ({"y": np.array([0, 1, -1, 0, 1, 2])}, r"array 'y'\[2\] is -1; labels must be >= 0"),
+        ({"y": np.arange(5)}, r"array 'y' has 5 labels but 'x' has 6 images"),
+        ({"y": np.zeros((6, 2), np.int64)}, r"array 'y' has shape \(6, 2\)"),
+        ({"x_test": _X5, "y_test": np.arange(3)}, r"array 'y_test' has 3 labels but 'x_test' has 5"),
+        ({"x_test": _X3[:0], "y_test": np.arange(0)}, r"array 'x_test' is empty.*split 'test'"),
+        ({"x": _X3[:0], "y": np.arange(0)}, r"array 'x' is empty.*split 'train'"),
+        ({"x_test": _X3}, r"has \['x_test'\] alone"),
+        ({"mask": np.zeros((6, 4, 5), np.uint8)}, r"array 'mask' is uint8 \(6, 4, 5\); expected"),
+        ({"mask": np.zeros((5, 5, 5), np.uint8)}, r"array 'mask' .*expected numeric \(6, 5, 5\)"),
+        ({"class_names": np.array(["a", "b"])}, r"label 2 has no entry in array 'class_names'"),
+        ({"x": np.zeros((6, 5, 5), np.float32)}, r"array 'x': dtype float32; expected uint8"),
+    ],
+)
+def test_npz_rejects(tmp_path: Path, arrays: dict, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{**_good(), **arrays})
+    with pytest.raises(ValueError, match=rf"^npz:{path}: {message}") as err:
+        get_source(f"npz:{path}", BuildOptions(seed=0))
+    assert "\n" not in str(err.value)
+
+
+def test_npz_refuses_pickles_and_non_npz_files(tmp_path: Path) -> None:
+    path = tmp_path / "obj.npz"
+    np.savez(path, **_good(), class_names=np.array([{"evil": 1}, 2, 3], dtype=object))
+    with pytest.raises(ValueError, match=rf"npz:{path}: array 'class_names' holds pickled"):
+        get_source(f"npz:{path}", BuildOptions())
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable .npz file"):
+        get_source(f"npz:{tmp_path / 'junk.npz'}", BuildOptions())
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"single array \(.npy\)"):
+        get_source(f"npz:{tmp_path / 'one.npy'}", BuildOptions())
+
+
+def test_npz_accepts_a_label_column_and_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "col.npz"
+    good = _good()
+    np.savez(path, x=good["x"], y=good["y"][:, None].astype(np.uint8),
+             class_names=np.array(["a", "b", "c", "d"]))
+    source = get_source(f"npz:{path}", BuildOptions(seed=0))
+    labels = [s["label"] for split in source.splits.values() for s in split()]
+    assert sorted(labels) == sorted(good["y"].tolist()) and source.num_classes == 4
+
+
+def test_folder_rejects_empty_splits_and_unreadable_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "train" / "cat" / "0.png")
+    with pytest.raises(ValueError, match=rf"^folder:{tmp_path}: split 'test' has no images"):
+        get_source(f"folder:{tmp_path}", BuildOptions())
+    (tmp_path / "test" / "cat" / "1.png").write_bytes(b"\x89PNG not an image")
+    with pytest.raises(ValueError, match=r"1.png' is not a readable image"):
+        get_source(f"folder:{tmp_path}", BuildOptions())

@@ -8,6 +8,7 @@ import uuid
 import fsspec
 import numpy as np
 import pytest
+
 from reldrop.pipeline.data.manifest import (
     ChecksumError,
     Manifest,
@@ -94,3 +95,35 @@ def test_validation() -> None:
     with pytest.raises(ValueError, match="modality"):
         Manifest(root_url="x", dataset="d", modality="audio", input_shape=(1,), dtype="uint8",  # type: ignore[arg-type]
                  num_classes=2, class_names=(), has_mask=False, shards=())
+
+
+@pytest.mark.parametrize("cut", [0, 10, -10])
+def test_truncated_manifest_is_one_clear_error(tmp_path, cut: int) -> None:
+    root = str(tmp_path / "ds")
+    _build(root)
+    path = tmp_path / "ds" / "manifest.parquet"
+    data = path.read_bytes()
+    path.write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(ValueError, match=r"manifest\.parquet' is not a valid manifest "
+                       r"\(truncated\?\).*make-shards --overwrite"):
+        read_manifest(root)
+
+
+def test_manifest_is_written_by_rename_and_leaves_no_temporary(tmp_path, monkeypatch) -> None:
+    """A failing write (full disk) keeps the previous manifest whole and leaves no temp file."""
+    root = str(tmp_path / "ds")
+    _build(root)
+    before = (tmp_path / "ds" / "manifest.parquet").read_bytes()
+    original = fsspec.implementations.local.LocalFileSystem.pipe_file
+
+    def full_disk(self, path, value, **kwargs):
+        original(self, path, value[: len(value) // 2], **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fsspec.implementations.local.LocalFileSystem, "pipe_file", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        _build(root)
+    monkeypatch.undo()
+    assert (tmp_path / "ds" / "manifest.parquet").read_bytes() == before
+    assert not [p for p in (tmp_path / "ds").iterdir() if ".tmp-" in p.name]
+    assert read_manifest(root).num_samples("train") == 7

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from reldrop.pipeline.explanation.weights import STORE_NAMESPACE, store_name
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.driver import run_training
@@ -123,9 +124,8 @@ def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):
 
 
 def test_precomputed_mode(ray_local, decoy_root, tmp_path):
-    from reldrop.pipeline.explanation.precompute import explain_dataset
-
     from reldrop.checkpoint import ModelSpec, save_checkpoint
+    from reldrop.pipeline.explanation.precompute import explain_dataset
 
     root = tmp_path / "data"
     shutil.copytree(decoy_root, root)
@@ -142,11 +142,11 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 def test_explainer_matches_direct_relevance(ray_local):
     import ray
-    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
-    from reldrop.pipeline.explanation.weights import WeightStoreClient
 
     from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
     from reldrop.occlusion import OcclusionConfig
+    from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+    from reldrop.pipeline.explanation.weights import WeightStoreClient
     from reldrop.relevance import relevance
 
     spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=10)
@@ -205,3 +205,82 @@ def test_two_trainers_ddp_async(decoy_root, tmp_path):
     _assert_exactly_once(report, 320)
     assert report["staleness"]["max"] <= report["staleness_bound"]
     assert len(report["versions_seen"]) >= 3
+
+
+def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
+    """A shard whose labels are all out of range, under ``--on-error skip`` with 2 DDP workers:
+    some steps leave one rank without a single row. The ranks still step together (a rank
+    without rows takes a zero-weight step) instead of deadlocking in a collective."""
+    import subprocess
+    import sys
+
+    from reldrop.pipeline.data.shards import write_dataset
+
+    rng = np.random.default_rng(0)
+
+    def samples(n: int, bad: range) -> list[dict]:
+        return [{"key": f"s{i:04d}", "image": rng.integers(0, 255, (1, 8, 8), dtype=np.uint8),
+                 "label": 99 if i in bad else int(i % 4)} for i in range(n)]
+
+    from dataclasses import replace
+
+    from reldrop.pipeline.data.manifest import read_manifest, write_manifest
+
+    root = tmp_path / "data"  # written for 100 classes, then declared as 4: labels 99 are bad
+    write_dataset(str(root), {"train": samples(128, range(32, 64))}, dataset="skips",
+                  num_classes=100, shard_size=32)
+    write_manifest(replace(read_manifest(str(root)), num_classes=4))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "reldrop.jobs.train", "--train", f"{root}#train",
+           "--trainers", "2", "--mode", "sync", "--augment", "none", "--on-error", "skip",
+           "--epochs", "2", "--batch-size", "8", "--num-cpus", "3", "--record-keys",
+           "--out", str(out)]
+    done = subprocess.run(cmd, timeout=400, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"]["skipped"] == 64  # 32 rows x 2 epochs, counted
+    assert report["counts"]["trained"] == 192  # 96 good rows x 2 epochs
+    _assert_exactly_once(report, 128)
+
+
+def _kill_trainer_after_first_checkpoint(out: Path, stop: threading.Event, killed: list) -> None:
+    """SIGKILL the Ray Train worker process once the first epoch checkpoint exists."""
+    import os
+    import signal
+
+    deadline = time.monotonic() + 300
+    while not stop.is_set() and time.monotonic() < deadline:
+        if any((out / "ray_results").glob("*/checkpoint_*")):
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if title.startswith("ray::RayTrainWorker"):
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+                    killed.append(int(cmdline.parent.name))
+                    return
+        time.sleep(0.2)
+
+
+def test_killed_trainer_resumes_from_its_epoch_checkpoint(ray_local, decoy_root, tmp_path):
+    """A trainer worker killed after epoch 1: Ray Train restarts the group, the loop resumes at
+    epoch 2 from the checkpoint (model, optimiser, step, counts) and the report counts it."""
+    out = tmp_path / "run"
+    cfg = _config(decoy_root, out, mode="sync", augment="none", epochs=3, max_failures=1)
+    stop, killed = threading.Event(), []
+    thread = threading.Thread(target=_kill_trainer_after_first_checkpoint,
+                              args=(out, stop, killed), daemon=True)
+    thread.start()
+    try:
+        report = run_training(cfg, verbose=False)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert killed, "no trainer worker was killed"
+    assert report["restarts"] >= 1
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2, 3]
+    steps = [e["steps"] for e in report["epochs"]]
+    assert steps == sorted(steps) and steps[0] > 0  # the step count went on, not from zero
+    # every epoch's keys once: the resumed run restarted its epoch from the start
+    _assert_exactly_once(report, 320)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from reldrop.jobs.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]

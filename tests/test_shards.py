@@ -10,6 +10,7 @@ import fsspec
 import numpy as np
 import pytest
 import webdataset as wds
+
 from reldrop.pipeline.data.codecs import SampleError, encode_sample
 from reldrop.pipeline.data.columns import read_columns, read_split_columns, write_columns
 from reldrop.pipeline.data.fs import arrow_filesystem, resolve

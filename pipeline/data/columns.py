@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
 from reldrop.pipeline.data.codecs import validate_key
 from reldrop.pipeline.data.fs import join_url, resolve
 from reldrop.pipeline.data.manifest import shard_name

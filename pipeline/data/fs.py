@@ -1,26 +1,71 @@
-"""fsspec URLs in one place: resolve a URL to a filesystem, join names, bridge to pyarrow.
+"""fsspec URLs in one place: URL -> filesystem with the process's storage settings, clear
+errors, bounded retries.
 
-Any fsspec URL works: plain local paths, ``file://``, ``memory://``; ``s3://`` and ``gs://``
-need the ``s3`` / ``gcs`` extras (``pip install 'reldrop[s3]'``), imported lazily here.
+Any fsspec URL works: plain local paths, ``file://``, ``memory://``, ``http(s)://`` (read
+only), ``s3://`` (``s3fs`` ships with reldrop) and ``gs://`` (the ``gcs`` extra, imported
+lazily here). :func:`resolve` applies the settings of :mod:`reldrop.pipeline.data.storage`
+(re-exported here).
+
+The first use of a bucket (or HTTP host) in a process checks that it answers, so a wrong
+bucket, refused access, missing credentials or an unreachable endpoint is one line naming the
+URL and the fix (:class:`StorageError`) instead of a stack of botocore frames. Transient
+failures (5xx, throttling, timeouts, connection resets) are retried a few times with
+exponential backoff and counted (:func:`storage_retries`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec import AbstractFileSystem
 
-__all__ = ["arrow_filesystem", "join_url", "resolve", "absolute_url"]
+from reldrop.pipeline.data import storage
+from reldrop.pipeline.data.storage import (
+    ENV_VAR,
+    StorageOptions,
+    configure_storage,
+    current_storage_options,
+    parse_storage_options,
+    storage_retries,
+    worker_env,
+)
 
-#: protocol -> (module fsspec needs, reldrop extra that installs it)
+__all__ = [
+    "ENV_VAR",
+    "AccessDenied",
+    "MissingCredentials",
+    "NoSuchBucket",
+    "StorageError",
+    "StorageOptions",
+    "Unreachable",
+    "absolute_url",
+    "arrow_filesystem",
+    "configure_storage",
+    "current_storage_options",
+    "describe_error",
+    "join_url",
+    "parse_storage_options",
+    "resolve",
+    "retrying",
+    "storage_retries",
+    "worker_env",
+]
+
+#: protocol -> (module fsspec needs, the command that installs it)
 _EXTRAS: dict[str, tuple[str, str]] = {
-    "s3": ("s3fs", "s3"),
-    "s3a": ("s3fs", "s3"),
-    "gs": ("gcsfs", "gcs"),
-    "gcs": ("gcsfs", "gcs"),
+    "s3": ("s3fs", "`pip install s3fs` (a reldrop dependency; `pip install 'reldrop[s3]'` works too)"),
+    "s3a": ("s3fs", "`pip install s3fs` (a reldrop dependency; `pip install 'reldrop[s3]'` works too)"),
+    "gs": ("gcsfs", "`pip install 'reldrop[gcs]'`"),
+    "gcs": ("gcsfs", "`pip install 'reldrop[gcs]'`"),
 }
+_S3 = ("s3", "s3a")
+_BUCKETS = ("s3", "s3a", "gs", "gcs")
+_HTTP = ("http", "https")
 
 
 def _protocol(url: str) -> str:
@@ -28,20 +73,28 @@ def _protocol(url: str) -> str:
 
 
 def resolve(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for ``url``; cloud protocols name the extra to install."""
+    """Return ``(filesystem, path)`` for ``url`` with the process's storage settings (keyword
+    arguments override them); the first use of a bucket or host checks that it answers."""
     if not isinstance(url, str) or not url:
         raise ValueError(f"url must be a non-empty string; got {url!r}")
     protocol = _protocol(url)
+    options = current_storage_options()
+    kwargs = {**options.fsspec_kwargs(protocol), **storage_options}
+    if protocol in _S3:
+        _install_s3_retry_policy()
     try:
-        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+        fs, path = fsspec.core.url_to_fs(url, **kwargs)
     except (ImportError, ValueError) as err:
         if protocol in _EXTRAS:
-            module, extra = _EXTRAS[protocol]
+            module, command = _EXTRAS[protocol]
             raise ImportError(
-                f"url {url!r} needs the {module!r} package; install it with "
-                f"`pip install 'reldrop[{extra}]'`"
+                f"url {url!r} needs the {module!r} package; install it with {command}"
             ) from err
         raise
+    if protocol in _S3:
+        fs.retries = options.attempts
+    if protocol in _BUCKETS or protocol in _HTTP:
+        _check_once(fs, protocol, url, path, options)
     return fs, path
 
 
@@ -76,3 +129,172 @@ def arrow_filesystem(url: str, **storage_options: Any) -> tuple[Any, str]:
     if "file" in protocols or "local" in protocols:
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class StorageError(OSError):
+    """Object storage refused or could not be reached; the message names the URL and the fix."""
+
+
+class NoSuchBucket(StorageError, FileNotFoundError):
+    """The URL's bucket does not exist (or the endpoint is not the one that holds it)."""
+
+
+class AccessDenied(StorageError, PermissionError):
+    """The credentials in use may not list or read the bucket."""
+
+
+class MissingCredentials(StorageError, PermissionError):
+    """No credentials were found for a store that needs them."""
+
+
+class Unreachable(StorageError, ConnectionError):
+    """The endpoint refused the connection, timed out, or its name did not resolve."""
+
+
+_T = TypeVar("_T")
+
+
+def _type_names(err: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(err).__mro__}
+
+
+def _is_transient(err: BaseException) -> bool:
+    """5xx, throttling, timeouts and dropped connections: worth another try."""
+    names = _type_names(err)
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError"}:
+        return False  # refused / no route: another try soon will not help
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = response.get("Error", {}).get("Code", "")
+        return int(status or 0) >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout"}
+    status = getattr(err, "status", None)  # aiohttp.ClientResponseError (http)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    transient = {
+        "HTTPClientError", "ReadTimeoutError", "ConnectionClosedError", "IncompleteRead",
+        "ServerDisconnectedError", "ClientPayloadError", "ServerTimeoutError",
+        "ConnectionResetError", "TimeoutError", "FSTimeoutError", "ResponseParserError",
+    }
+    if names & transient:
+        return True
+    return isinstance(err, OSError) and err.errno in (errno.ECONNRESET, errno.EPIPE)
+
+
+def _s3_should_retry(err: BaseException) -> bool:
+    """s3fs's retry hook: retry (and count) transient errors only."""
+    if _is_transient(err):
+        storage.count_retry()
+        return True
+    return False
+
+
+_s3_policy_installed = False
+
+
+def _install_s3_retry_policy() -> None:
+    """Make s3fs ask :func:`_is_transient` before every retry (and nothing retry unasked)."""
+    global _s3_policy_installed
+    if _s3_policy_installed:
+        return
+    import s3fs.core  # noqa: PLC0415
+
+    s3fs.core.S3_RETRYABLE_ERRORS = ()  # each error goes through the custom handler
+    s3fs.core.set_custom_error_handler(_s3_should_retry)
+    _s3_policy_installed = True
+
+
+def retrying(
+    fn: Callable[[], _T], *, attempts: int | None = None, base_delay_s: float = 0.1
+) -> _T:
+    """``fn()``, tried again after ``base_delay_s * 1.7**i`` (s3fs's schedule) when it fails
+    transiently, at most ``attempts`` times in all (default: the configured ``attempts``)."""
+    tries = attempts if attempts is not None else current_storage_options().attempts
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as err:
+            if attempt + 1 >= tries or not _is_transient(err):
+                raise
+            storage.count_retry()
+            time.sleep(base_delay_s * 1.7**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_once(
+    fs: AbstractFileSystem, protocol: str, url: str, path: str, options: StorageOptions
+) -> None:
+    """Probe the bucket (or HTTP host) the first time this process uses it."""
+    place = path.split("/", 1)[0] if protocol in _BUCKETS else url.split("/", 3)[2]
+    key = (protocol, place, options.to_json())
+    if key in storage.checked:
+        return
+    try:
+        if protocol in _BUCKETS:
+            fs.info(place)
+        else:
+            retrying(lambda: _probe_http(fs, url))
+    except Exception as err:
+        described = describe_error(err, url, protocol, options)
+        if described is None:
+            raise
+        raise described from err
+    storage.checked.add(key)
+
+
+def _probe_http(fs: AbstractFileSystem, url: str) -> None:
+    try:
+        fs.info(url)
+    except FileNotFoundError as err:
+        # fsspec reports any failed HEAD/GET as "not found"; the cause tells a dead host
+        if err.__cause__ is not None and not isinstance(err.__cause__, FileNotFoundError):
+            raise err.__cause__ from None
+        # else the host answered: a missing file is the caller's to report
+
+
+def _where(options: StorageOptions, protocol: str) -> str:
+    if protocol in _S3:
+        return f"endpoint {options.endpoint_url}" if options.endpoint_url else "AWS S3"
+    return "the server"
+
+
+def describe_error(
+    err: BaseException, url: str, protocol: str, options: StorageOptions
+) -> StorageError | None:
+    """The one-line :class:`StorageError` for ``err`` met on ``url``, or ``None`` if unknown."""
+    names = _type_names(err)
+    where = _where(options, protocol)
+    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    endpoint_hint = (
+        "set AWS_ENDPOINT_URL or --storage-options '{\"endpoint_url\": ...}'"
+        if protocol in _S3 else "check the URL"
+    )
+    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError",
+                "NoAuthTokenError", "CredentialRetrievalError"}:
+        how = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY" if protocol in _S3
+               else "set GOOGLE_APPLICATION_CREDENTIALS")
+        return MissingCredentials(
+            f"no credentials for {url!r} ({where}): {how} (on a cluster from a Secret on every "
+            "node), or use --storage-options '{\"anon\": true}' for a public bucket"
+        )
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                "ConnectionRefusedError", "ServerTimeoutError", "TimeoutError"}:
+        return Unreachable(
+            f"cannot reach {where} for {url!r} ({type(err).__name__}): is it running and "
+            f"reachable from this machine? {endpoint_hint}"
+        )
+    if isinstance(err, PermissionError):
+        return AccessDenied(
+            f"access denied to bucket {bucket!r} for {url!r} ({where}): the credentials in use "
+            "need list/read (and for outputs write) rights on it; check AWS_ACCESS_KEY_ID / the "
+            "Secret, or use --storage-options '{\"anon\": true}' for a public bucket"
+        )
+    if isinstance(err, FileNotFoundError) and protocol in _BUCKETS:
+        return NoSuchBucket(
+            f"bucket {bucket!r} of {url!r} does not exist at {where}: create it (e.g. "
+            f"`aws s3 mb s3://{bucket}`) or fix the URL; {endpoint_hint} if it lives elsewhere"
+        )
+    return None

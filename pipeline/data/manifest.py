@@ -5,19 +5,26 @@ Columns: ``split``, ``shard`` (name relative to the root, e.g. ``train-000000.ta
 ``dataset``, ``modality``, ``input_shape``, ``dtype``, ``num_classes``, ``class_names``,
 ``has_mask``, ``build`` (JSON of the build options) repeated on every row.
 Readers resolve shards against the root they were given, so a dataset can be moved.
+
+The manifest is written last and atomically (:func:`write_manifest`): a reader sees either the
+complete manifest or none, never a truncated file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from fsspec import AbstractFileSystem
 
 from reldrop.pipeline.data.fs import join_url, resolve
 
 __all__ = [
     "MANIFEST_NAME",
     "ChecksumError",
+    "ManifestError",
     "Manifest",
     "ShardInfo",
     "has_manifest",
@@ -32,10 +39,25 @@ __all__ = [
 MANIFEST_NAME = "manifest.parquet"
 Modality = Literal["image", "points"]
 _MODALITIES = ("image", "points")
+_COLUMNS = (
+    "split", "shard", "url", "num_samples", "num_bytes", "sha256", "dataset", "modality",
+    "input_shape", "dtype", "num_classes", "class_names", "has_mask",
+)
 
 
 class ChecksumError(ValueError):
     """A shard whose bytes differ from what the manifest recorded."""
+
+
+class ManifestError(ValueError):
+    """A ``manifest.parquet`` that cannot be read (truncated, not parquet, wrong columns)."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(
+            f"{url!r} is not a valid manifest (truncated?): {problem}; "
+            "rebuild the dataset with `reldrop make-shards --overwrite`"
+        )
+        self.url = url
 
 
 def shard_name(split: str, index: int) -> str:
@@ -153,11 +175,37 @@ def write_manifest(manifest: Manifest) -> str:
             "build": [manifest.build] * n,
         }
     )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
     url = _manifest_path(manifest.root_url)
-    fs, path = resolve(url)
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
+    _write_atomically(url, sink.getvalue().to_pybytes())
     return url
+
+
+def _is_local(fs: AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+def _write_atomically(url: str, data: bytes) -> None:
+    """Put ``data`` at ``url`` so that readers see the old file or the new one, never a part.
+
+    Local files: write a hidden temporary file next to it, then rename over it (``os.rename``
+    replaces atomically on POSIX). Object stores (s3, gcs) and memory: one ``put`` of the whole
+    object, which those stores make visible atomically.
+    """
+    fs, path = resolve(url)
+    if not _is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    head, _, name = path.rpartition("/")
+    temporary = f"{head}/.{name}.tmp-{secrets.token_hex(4)}"
+    try:
+        fs.pipe_file(temporary, data)
+        fs.mv(temporary, path)
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)
 
 
 def read_manifest(root_url: str) -> Manifest:
@@ -170,10 +218,21 @@ def read_manifest(root_url: str) -> Manifest:
         raise FileNotFoundError(
             f"no manifest at {url!r}; build the dataset with `reldrop make-shards --out {root_url}`"
         )
-    with fs.open(path, "rb") as f:
-        rows = pq.read_table(f).to_pylist()
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise ManifestError(url, f"{type(err).__name__}: {err}") from err
+    missing = sorted(set(_COLUMNS) - set(table.column_names))
+    if missing:
+        raise ManifestError(url, f"missing column(s) {missing}")
+    rows = table.to_pylist()
     if not rows:
-        raise ValueError(f"manifest {url!r} has no rows")
+        raise ManifestError(url, "it has no rows")
+    return _from_rows(root_url, url, rows)
+
+
+def _from_rows(root_url: str, url: str, rows: list[dict[str, Any]]) -> Manifest:
     first = rows[0]
     for name in ("dataset", "modality", "input_shape", "dtype", "num_classes", "class_names"):
         values = {repr(row[name]) for row in rows}

@@ -2,7 +2,8 @@
 
 Writing: :class:`ShardWriter` (``webdataset.TarWriter`` over an fsspec file, rotating every
 ``shard_size`` samples into ``{split}-{000000}.tar``, hashing as it writes) and
-:func:`write_dataset` (all splits plus ``manifest.parquet``).
+:func:`write_shards` (all splits; returns the :class:`Manifest` unwritten) and
+:func:`write_dataset` (the same, then ``manifest.parquet`` last).
 
 Reading: :func:`iter_samples` plans from the manifest, splits shards across torch
 ``DataLoader`` workers / nodes with webdataset's splitters (a worker without a shard simply
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import webdataset as wds
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
 from reldrop.pipeline.data.codecs import SampleError, decode_sample, encode_sample
 from reldrop.pipeline.data.fs import absolute_url, join_url, resolve
 from reldrop.pipeline.data.manifest import (
@@ -34,8 +38,6 @@ from reldrop.pipeline.data.manifest import (
     verify_shard,
     write_manifest,
 )
-from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 __all__ = [
     "OnError",
@@ -46,6 +48,7 @@ __all__ = [
     "Skipped",
     "iter_samples",
     "write_dataset",
+    "write_shards",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,7 +155,7 @@ class ShardWriter:
         self.close()
 
 
-def write_dataset(
+def write_shards(
     root_url: str,
     splits: Mapping[str, Iterable[Mapping[str, Any]]],
     *,
@@ -163,7 +166,8 @@ def write_dataset(
     build: str = "{}",
     on_sample: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Write every split's samples as shards, then ``manifest.parquet``; return the manifest.
+    """Write every split's samples as shards under ``root_url``; return their manifest, which
+    is not written (:func:`write_dataset` writes it; a staged build writes it after moving).
 
     All samples must share modality, shape and dtype (checked). ``on_sample(split)`` is called
     after each sample (progress bars).
@@ -199,7 +203,7 @@ def write_dataset(
     if not first:
         raise ValueError(f"no samples to write to {root_url!r}")
     modality, shape, dtype = first["signature"]
-    manifest = Manifest(
+    return Manifest(
         root_url=root_url,
         dataset=dataset,
         modality=modality,
@@ -210,6 +214,28 @@ def write_dataset(
         has_mask=bool(has_mask),
         shards=tuple(shards),
         build=build,
+    )
+
+
+def write_dataset(
+    root_url: str,
+    splits: Mapping[str, Iterable[Mapping[str, Any]]],
+    *,
+    dataset: str,
+    num_classes: int,
+    class_names: tuple[str, ...] = (),
+    shard_size: int = 1000,
+    build: str = "{}",
+    on_sample: Callable[[str], None] | None = None,
+) -> Manifest:
+    """:func:`write_shards`, then ``manifest.parquet`` (last, atomically); return the manifest.
+
+    Writes in place: a failure leaves shards without a manifest. ``reldrop make-shards``
+    stages its build instead (:func:`reldrop.pipeline.data.datasets.build_dataset`).
+    """
+    manifest = write_shards(
+        root_url, splits, dataset=dataset, num_classes=num_classes, class_names=class_names,
+        shard_size=shard_size, build=build, on_sample=on_sample,
     )
     write_manifest(manifest)
     return manifest

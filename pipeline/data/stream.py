@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from reldrop.pipeline.data.codecs import SampleError, decode_row
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, read_manifest, verify_shard
 
@@ -141,6 +142,7 @@ def read_split(
     block otherwise).
     """
     import ray  # noqa: PLC0415
+
     from reldrop.pipeline.data.fs import arrow_filesystem  # noqa: PLC0415
 
     if not plan.urls:

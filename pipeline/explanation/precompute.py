@@ -7,19 +7,34 @@ training reads them back every epoch instead of running explainers.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from reldrop.checkpoint import load_checkpoint
 from reldrop.pipeline.data.columns import write_columns
 from reldrop.pipeline.data.shards import SkipReport, iter_samples
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
-
-from reldrop.checkpoint import load_checkpoint
 from reldrop.relevance import relevance
 
 __all__ = ["explain_dataset"]
+
+
+def _explain(model: torch.nn.Module, spec: Any, batch: list[dict[str, Any]], composite: str) -> np.ndarray:
+    arrays = np.stack([s["image"] if "image" in s else s["points"] for s in batch])
+    x = model_inputs(arrays, spec.normalization)
+    y = torch.tensor([s["label"] for s in batch])
+    return relevance(model, x, y, composite=composite, bounds=spec.normalization.bounds()).numpy()
+
+
+def _by_shard(samples: Iterable[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """Consecutive samples grouped by the shard they came from."""
+    for url, group in itertools.groupby(samples, key=lambda s: s["url"]):
+        yield url, list(group)
 
 
 def explain_dataset(
@@ -32,55 +47,26 @@ def explain_dataset(
     on_error: str = "raise",
 ) -> dict[str, Any]:
     """Write float16 relevance for every sample of ``data_url`` (``ROOT#split``, default
-    ``train``); return a summary (shards, samples, samples/s, skipped)."""
+    ``train``), one column shard per data shard; return a summary (shards, samples,
+    samples/s, skipped)."""
     from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
 
     root, split = parse_data_url(data_url, "train")
     out_url = out_url or root
-    manifest = read_manifest(root)
-    index_of = {url: i for i, url in enumerate(manifest.shard_urls(split))}
+    index_of = {url: i for i, url in enumerate(read_manifest(root).shard_urls(split))}
     model, spec, _ = load_checkpoint(checkpoint)
     model.eval()
     report = SkipReport()
     start = time.perf_counter()
     written: list[str] = []
     samples = 0
-
-    def flush(url: str, keys: list[str], chunks: list[np.ndarray]) -> None:
-        written.append(write_columns(out_url, split, index_of[url], keys,
+    stream = iter_samples(root, split, on_error=on_error, report=report)  # type: ignore[arg-type]
+    for url, group in _by_shard(stream):
+        chunks = [_explain(model, spec, group[i : i + batch_size], composite)
+                  for i in range(0, len(group), batch_size)]
+        written.append(write_columns(out_url, split, index_of[url], [s["key"] for s in group],
                                      {"relevance": np.concatenate(chunks).astype(np.float16)}))
-
-    current: str | None = None
-    keys: list[str] = []
-    chunks: list[np.ndarray] = []
-    pending: list[dict[str, Any]] = []
-
-    def explain(batch: list[dict[str, Any]]) -> np.ndarray:
-        arrays = np.stack([s["image"] if "image" in s else s["points"] for s in batch])
-        x = model_inputs(arrays, spec.normalization)
-        y = torch.tensor([s["label"] for s in batch])
-        return relevance(model, x, y, composite=composite, bounds=spec.normalization.bounds()).numpy()
-
-    def drain() -> None:
-        nonlocal pending
-        if pending:
-            chunks.append(explain(pending))
-            keys.extend(s["key"] for s in pending)
-            pending = []
-
-    for sample in iter_samples(root, split, on_error=on_error, report=report):  # type: ignore[arg-type]
-        if sample["url"] != current:
-            drain()
-            if current is not None and keys:
-                flush(current, keys, chunks)
-            current, keys, chunks = sample["url"], [], []
-        pending.append(sample)
-        samples += 1
-        if len(pending) == batch_size:
-            drain()
-    drain()
-    if current is not None and keys:
-        flush(current, keys, chunks)
+        samples += len(group)
     elapsed = time.perf_counter() - start
     return {
         "out": out_url,

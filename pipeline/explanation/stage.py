@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from reldrop.pipeline.data.stream import model_inputs
 
 from reldrop.checkpoint import ModelSpec, load_numpy_state
 from reldrop.occlusion import Occluder
+from reldrop.pipeline.data.stream import model_inputs
 from reldrop.relevance import relevance
 
 __all__ = ["ExplainerStage", "StageConfig"]

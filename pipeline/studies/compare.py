@@ -272,6 +272,7 @@ def _parallel_runs(
     ``cfg.parallel`` at a time; explainer CPUs are sized from a 1/parallel share of the cluster
     so that concurrent runs cannot starve each other's reads (ARCHITECTURE.md §5)."""
     import ray  # noqa: PLC0415
+
     from reldrop.pipeline.training.driver import READ_CPUS, _init_ray  # noqa: PLC0415
 
     _init_ray(cfg.base_train_config())

@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from torch import nn
 
 from reldrop.checkpoint import ModelSpec, load_checkpoint
 from reldrop.evaluation import FRACTIONS, EvaluationResult, evaluate
+from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 
 __all__ = ["DEFAULT_SPLIT", "evaluate_checkpoint", "evaluate_model", "sample_batches"]
 

@@ -18,11 +18,13 @@ import json
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from reldrop.pipeline.studies.inprocess import (
     RunSpec,
     SplitData,
@@ -30,7 +32,6 @@ from reldrop.pipeline.studies.inprocess import (
     load_splits,
     train_in_process,
 )
-from torch import nn
 
 __all__ = ["GRIDS", "SEARCH_METRICS", "SearchConfig", "format_search_table", "grid_points",
            "run_search", "select"]
@@ -91,6 +92,8 @@ class SearchConfig:
     tol: float = 0.01
     model: str = "small-cnn"
     out: str = "runs/search"
+    #: method -> grid replacing the built-in one (e.g. a narrower range found by a first search)
+    grids: Mapping[str, Sequence[Point]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in GRIDS]
@@ -102,10 +105,15 @@ class SearchConfig:
             raise ValueError("epochs, eval_limit and limit must be >= 1")
         if not 0 <= self.tol < 1:
             raise ValueError(f"tol={self.tol}; expected in [0, 1)")
+        bad = [m for m, g in self.grids.items() if m not in GRIDS or not g]
+        if bad:
+            raise ValueError(f"grids for {bad}: expected non-empty grids of methods in {list(GRIDS)}")
 
 
-def grid_points(method: str, quick: bool) -> list[Point]:
-    """The grid of ``method`` (quick or full)."""
+def grid_points(method: str, quick: bool, grids: Mapping[str, Sequence[Point]] | None = None) -> list[Point]:
+    """The grid of ``method``: ``grids[method]`` if given, else the quick or full one."""
+    if grids and method in grids:
+        return [dict(p) for p in grids[method]]
     return GRIDS[method][0 if quick else 1]
 
 
@@ -161,7 +169,7 @@ def _search_method(
 ) -> dict[str, Any]:
     points, best_models = [], None
     best_index = -1
-    for point in grid_points(method, cfg.quick):
+    for point in grid_points(method, cfg.quick, cfg.grids):
         record, models = _run_point(method, point, cfg, splits, num_classes)
         points.append(record)
         log(f"[search] {method} {point or '(no parameters)'}: val "
@@ -220,7 +228,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> dict
     splits = load_splits(cfg.data, ("train", "val", "test-id", "test"), limit=cfg.limit)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict[str, Any] = {"config": {**asdict(cfg), "methods": list(cfg.methods),
-                                         "seeds": list(cfg.seeds)},
+                                         "seeds": list(cfg.seeds),
+                                         "grids": {k: list(v) for k, v in cfg.grids.items()}},
                               "sizes": {k: len(v) for k, v in splits.items()}, "methods": []}
     for method in cfg.methods:
         result["methods"].append(_search_method(method, cfg, splits, manifest.num_classes, log))

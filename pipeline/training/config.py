@@ -1,95 +1,164 @@
-"""Run configuration: one frozen object built from the CLI, validated once, sent to every actor
-and written into the report."""
+"""Run configuration: one frozen object, the single source of every ``reldrop train`` flag.
+
+Each field carries its command-line metadata (help, choices, aliases, section) through
+:func:`option`; ``reldrop.jobs.train`` generates its flags from the fields, so defaults live here
+and nowhere else. The object is validated once on construction, travels to every Ray actor and
+is written into ``report.json["config"]`` (flat, one key per field, as config files spell them).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from reldrop.composites import COMPOSITES
-from reldrop.models import MODELS
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.regularizers import REGULARIZERS
 
-__all__ = ["DEFAULT_DATA_DIR", "MODES", "STALE_POLICIES", "TrainConfig"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "MODES",
+    "ON_ERROR",
+    "SECTIONS",
+    "STALE_POLICIES",
+    "FieldOption",
+    "TrainConfig",
+    "explainer_count",
+    "option",
+]
 
 MODES = ("async", "sync", "precomputed")
 STALE_POLICIES = ("pass", "drop", "re-explain")
 ON_ERROR = ("raise", "skip")
 DEFAULT_DATA_DIR = Path(os.environ.get("RELDROP_CACHE", Path.home() / ".cache" / "reldrop"))
+#: help sections, in the order ``reldrop train --help`` shows them
+SECTIONS = ("data", "method", "optimisation", "trainer", "explainer", "staleness", "run")
+
+
+@dataclass(frozen=True)
+class FieldOption:
+    """Command-line metadata of one config field."""
+
+    section: str
+    help: str
+    flag: str | None = None  # default: --field-name
+    aliases: tuple[str, ...] = ()  # older or synonymous spellings (config keys too)
+    choices: Callable[[], Sequence[str]] | None = None  # evaluated lazily: registries fill late
+    parse: Callable[[str], Any] | None = None  # string -> value for custom types
+    cli: bool = True  # False: settable from Python only
+
+    def __post_init__(self) -> None:
+        if self.section not in SECTIONS:
+            raise ValueError(f"section={self.section!r}; expected one of {SECTIONS}")
+
+
+def option(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
+    """A dataclass field with its :class:`FieldOption` in ``metadata["option"]``."""
+    return field(default=default, metadata={"option": FieldOption(section, help, **kw)})
+
+
+def explainer_count(text: str) -> int | str:
+    """``--explainers``: a positive integer, or ``auto`` (an autoscaling actor pool)."""
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an integer nor 'auto'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} explainers; expected >= 1 or 'auto'")
+    return value
+
+
+def _models() -> list[str]:
+    from reldrop.models import MODELS  # noqa: PLC0415
+
+    return sorted(MODELS)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything needed to rerun a training job (``report.json["config"]``)."""
 
-    train: str | None = None
-    test: str | None = None
-    ood_test: str | None = None
-    model: str = "small-cnn"
-    augment: str = "reldrop-pixel"
-    mode: str = "async"
-    regularizer: str = "none"
-    reg_lambda: float | None = None
-    composite: str = "reference"
-    apply_prob: float = 0.5
-    fill: str | None = None
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 0.05
-    trainers: int = 1
-    trainer_cpus: float = 1.0
-    explainers: int = 1
-    explainer_cpus: float | None = None
-    explainer_gpus: float = 0.0
-    explainer_batch_size: int | None = None
-    explainer_resource: str | None = None
-    sync_every: int = 2
-    max_staleness: int = 8
-    stale_policy: str = "pass"
-    precomputed: str | None = None
-    on_error: str = "raise"
-    limit: int | None = None
-    use_gpu: bool = False
-    address: str | None = None
-    num_cpus: int | None = None
-    seed: int = 0
-    out: str = "runs/train"
-    record_keys: bool = False
-    threads: int | None = None
+    # data
+    train: str | None = option(None, "data", "train data URL ROOT#split (default: the demo DecoyMNIST)")
+    test: str | None = option(None, "data", "in-distribution test data URL")
+    ood_test: str | None = option(None, "data", "out-of-distribution test data URL")
+    limit: int | None = option(None, "data", "use at most N training samples")
+    on_error: str = option("raise", "data", "bad sample or shard: raise, or skip and count it",
+                           choices=lambda: ON_ERROR)
+    shuffle: bool = option(True, "data", "shuffle the training stream per epoch (seeded by --seed)")
+    shuffle_buffer: int = option(1024, "data", "rows in the trainer's local shuffle buffer (0: off)")
+    # method
+    model: str = option("small-cnn", "method",
+                        "model: a built-in name, package.module:factory, or torchvision:NAME")
+    augment: str = option("reldrop-pixel", "method", "occlusion strategy",
+                          aliases=("strategy",), choices=lambda: sorted(STRATEGIES))
+    mode: str = option("async", "method",
+                       "async: explainer stage; sync: LRP in the training loop; precomputed",
+                       choices=lambda: MODES)
+    regularizer: str = option("none", "method", "trainer-side explanation-guided loss",
+                              choices=lambda: sorted(REGULARIZERS))
+    reg_lambda: float | None = option(None, "method", "regularizer weight (default: its own)",
+                                      flag="lambda", aliases=("reg-lambda",))
+    composite: str = option("reference", "method", "LRP composite",
+                            choices=lambda: sorted(COMPOSITES))
+    apply_prob: float = option(0.5, "method", "probability that a sample (or batch) is occluded",
+                               flag="p", aliases=("apply-prob",))
+    fill: str | None = option(None, "method", "occlusion fill (default: the strategy's own)")
+    # optimisation
+    epochs: int = option(3, "optimisation", "training epochs")
+    batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
+    lr: float = option(0.05, "optimisation", "SGD learning rate (momentum 0.9, weight decay 5e-4)")
+    seed: int = option(0, "optimisation", "seed of the model, occlusion draws and shuffling")
+    # trainer
+    trainers: int = option(1, "trainer", "Ray Train workers (DDP)")
+    trainer_cpus: float = option(1.0, "trainer", "CPUs per trainer worker")
+    use_gpu: bool = option(False, "trainer", "train on GPUs")
+    trainer_gpus: float | None = option(
+        None, "trainer", "GPUs per trainer worker (default with --use-gpu: 1, or 0.5 when "
+        "explainers must share the trainer's GPU)")
+    max_failures: int = option(0, "trainer", "trainer worker failures to recover from by "
+                               "restarting from the last epoch checkpoint")
+    # explainer
+    explainers: int | str = option(1, "explainer", "explainer actors, or 'auto' (autoscaling pool)",
+                                   parse=explainer_count)
+    explainers_max: int | None = option(None, "explainer", "upper bound of --explainers auto "
+                                        "(default: what the cluster's free resources allow)")
+    explainer_cpus: float | None = option(None, "explainer", "CPUs per explainer actor "
+                                          "(default: what trainers and reads leave, shared)")
+    explainer_gpus: float | None = option(
+        None, "explainer", "GPUs per explainer actor (default: GPUs when training on GPU, "
+        "sharing the trainer's on a one-GPU node; 0 on CPU)")
+    explainer_batch_size: int | None = option(None, "explainer", "rows per explainer batch "
+                                              "(default: --batch-size)")
+    explainer_resource: str | None = option(
+        None, "explainer", "custom Ray resource each explainer takes 1 unit of (e.g. 'explainer', "
+        "advertised by an explainer worker group) so explainers land on those nodes")
+    # staleness
+    sync_every: int = option(2, "staleness", "publish weights every S trainer steps")
+    max_staleness: int = option(8, "staleness", "bound on trainer_step - model_version")
+    stale_policy: str = option("pass", "staleness", "rows staler than the bound: pass, drop, "
+                               "re-explain", choices=lambda: STALE_POLICIES)
+    precomputed: str | None = option(None, "staleness", "relevance column shards (mode precomputed)")
+    # run
+    address: str | None = option(None, "run", "Ray address to join (default: start local Ray)")
+    num_cpus: int | None = option(None, "run", "logical CPUs of the local Ray cluster "
+                                  "(default: all; ignored with --address)")
+    num_gpus: int | None = option(None, "run", "GPUs of the local Ray cluster (default: all)")
+    out: str = option("runs/train", "run", "output directory or URL")
+    record_keys: bool = option(False, "run", "list every sample key each worker trained on per "
+                               "epoch in the report")
+    threads: int | None = option(None, "run", "torch threads per trainer", cli=False)
 
     def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r}; expected {allowed}")
-
-        if self.model not in MODELS:
-            raise bad("model", f"one of {sorted(MODELS)}")
-        if self.augment not in STRATEGIES:
-            raise bad("augment", f"one of {sorted(STRATEGIES)}")
-        if self.mode not in MODES:
-            raise bad("mode", f"one of {MODES}")
-        if self.composite not in COMPOSITES:
-            raise bad("composite", f"one of {sorted(COMPOSITES)}")
-        if self.stale_policy not in STALE_POLICIES:
-            raise bad("stale_policy", f"one of {STALE_POLICIES}")
-        if self.on_error not in ON_ERROR:
-            raise bad("on_error", f"one of {ON_ERROR}")
-        for name in ("epochs", "batch_size", "trainers", "explainers", "sync_every"):
-            if getattr(self, name) < 1:
-                raise bad(name, "an integer >= 1")
-        if self.max_staleness < 0:
-            raise bad("max_staleness", "an integer >= 0")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise bad("lr", "a positive finite number")
-        if self.limit is not None and self.limit < 1:
-            raise bad("limit", "an integer >= 1 or None")
-        if self.trainer_cpus <= 0:
-            raise bad("trainer_cpus", "a positive number of CPUs")
-        if self.explainer_cpus is not None and self.explainer_cpus <= 0:
-            raise bad("explainer_cpus", "a positive number of CPUs")
+        _check_choices(self)
+        _check_numbers(self)
         if self.mode == "precomputed" and not self.precomputed:
             raise ValueError("mode='precomputed' needs --precomputed URL (written by `reldrop explain`)")
         self.occlusion()  # validates apply_prob, fill
@@ -102,6 +171,11 @@ class TrainConfig:
     def needs_explainer(self) -> bool:
         """Whether the pipeline runs model-replica explainer actors (async RelDrop)."""
         return self.mode == "async" and STRATEGIES[self.augment].needs_relevance
+
+    @property
+    def has_stage(self) -> bool:
+        """Whether rows pass through the explainer stage (async or precomputed occlusion)."""
+        return self.augment != "none" and self.mode != "sync"
 
     @property
     def stage_batch_size(self) -> int:
@@ -132,8 +206,64 @@ class TrainConfig:
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in vars(args).items() if k in names}
-        return cls(**values)
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_json`; unknown keys (a newer report) are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for f in fields(cfg):
+        opt: FieldOption | None = f.metadata.get("option")
+        if opt is None or opt.choices is None:
+            continue
+        allowed = list(opt.choices())
+        if getattr(cfg, f.name) not in allowed:
+            raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}; expected one of {allowed}")
+    if ":" not in cfg.model and cfg.model not in _models():
+        raise ValueError(
+            f"model={cfg.model!r}; expected one of {_models()}, package.module:factory or "
+            "torchvision:NAME"
+        )
+
+
+def _bad(cfg: TrainConfig, name: str, allowed: str) -> ValueError:
+    return ValueError(f"{name}={getattr(cfg, name)!r}; expected {allowed}")
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Counts, rates and resources: checked here, before Ray starts."""
+    for name in ("epochs", "batch_size", "trainers", "sync_every"):
+        if getattr(cfg, name) < 1:
+            raise _bad(cfg, name, "an integer >= 1")
+    for name in ("max_staleness", "max_failures", "shuffle_buffer"):
+        if getattr(cfg, name) < 0:
+            raise _bad(cfg, name, "an integer >= 0")
+    for name in ("limit", "explainer_batch_size", "num_cpus", "explainers_max"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+            raise _bad(cfg, name, "an integer >= 1 or unset")
+    if cfg.num_gpus is not None and cfg.num_gpus < 0:
+        raise _bad(cfg, "num_gpus", "an integer >= 0 or unset")
+    if not (cfg.explainers == "auto" or (isinstance(cfg.explainers, int) and cfg.explainers >= 1)):
+        raise _bad(cfg, "explainers", "an integer >= 1 or 'auto'")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise _bad(cfg, "lr", "a positive finite number")
+    positive = ("trainer_cpus", "explainer_cpus", "trainer_gpus")
+    for name in positive + ("explainer_gpus",):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and name in positive):
+            kind = "a positive" if name in positive else "a non-negative"
+            raise _bad(cfg, name, f"{kind} finite number of {'CPUs' if 'cpus' in name else 'GPUs'}")
+    if cfg.trainer_gpus and not cfg.use_gpu:
+        raise ValueError(f"trainer_gpus={cfg.trainer_gpus!r} needs --use-gpu")

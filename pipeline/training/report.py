@@ -1,13 +1,60 @@
-"""Run reports: staleness statistics, counts, throughput, and the summary table."""
+"""Typed run results: what each trainer worker reports, and the run's ``report.json``.
+
+A :class:`WorkerSummary` travels from every Ray Train worker to the driver; :func:`assemble_report`
+merges them with the driver's own facts into one :class:`RunReport`; :func:`write_json` is the
+only JSON writer (non-finite numbers become ``null`` there, and nowhere else).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["merge_workers", "staleness_stats", "summary_table", "write_report"]
+__all__ = [
+    "RunReport",
+    "WorkerSummary",
+    "assemble_report",
+    "json_safe",
+    "merge_workers",
+    "staleness_stats",
+    "summary_table",
+    "write_json",
+    "write_report",
+]
+
+
+@dataclass(kw_only=True)
+class WorkerSummary:
+    """One trainer worker's cumulative figures (sent with ``ray.train.report``)."""
+
+    rank: int
+    epochs: list[dict[str, Any]]
+    staleness: dict[int, int]
+    versions: list[int]
+    counts: dict[str, int]
+    skip_reasons: list[str]
+    keys: list[list[str]]
+    wait_s: float
+    compute_s: float
+    wall_s: float
+    first_batch_s: float | None
+    publish_ms: list[float] = field(default_factory=list)
+    store_recreated: int = 0
+    restarts: int = 0
+    in_loop: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerSummary:
+        data = dict(data)
+        data["staleness"] = {int(k): int(v) for k, v in data["staleness"].items()}
+        return cls(**data)
 
 
 def staleness_stats(histogram: dict[int, int]) -> dict[str, float | int | None]:
@@ -29,54 +76,149 @@ def staleness_stats(histogram: dict[int, int]) -> dict[str, float | int | None]:
     return {"mean": mean, "p50": quantile(0.5), "p99": quantile(0.99), "max": values[-1], "rows": total}
 
 
-def merge_workers(workers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine the per-worker summaries the trainer reports into run-level figures."""
+def merge_workers(workers: list[WorkerSummary]) -> dict[str, Any]:
+    """Combine the per-worker summaries into run-level figures (rank 0 first)."""
+    workers = sorted(workers, key=lambda w: w.rank)
     hist: Counter[int] = Counter()
     counts: Counter[str] = Counter()
-    reasons: list[str] = []
     for w in workers:
-        hist.update({int(k): v for k, v in w["staleness"].items()})
-        counts.update(w["counts"])
-        reasons.extend(w["skip_reasons"])
+        hist.update(w.staleness)
+        counts.update(w.counts)
     lead = workers[0]
-    samples = sum(sum(e["samples"] for e in w["epochs"]) for w in workers)
-    wall = max(w["wall_s"] for w in workers)
-    wait = sum(w["wait_s"] for w in workers) / len(workers)
-    compute = sum(w["compute_s"] for w in workers) / len(workers)
-    steps = lead["epochs"][-1]["steps"] if lead["epochs"] else 0
+    samples = sum(sum(e["samples"] for e in w.epochs) for w in workers)
+    wall = max(w.wall_s for w in workers)
+    steps = lead.epochs[-1]["steps"] if lead.epochs else 0
+    compute = sum(w.compute_s for w in workers) / len(workers)
     return {
-        "epochs": lead["epochs"],
+        "epochs": lead.epochs,
         "staleness_histogram": {str(k): hist[k] for k in sorted(hist)},
         "staleness": staleness_stats(dict(hist)),
         "counts": dict(counts),
-        "skip_reasons": reasons,
+        "skip_reasons": [r for w in workers for r in w.skip_reasons],
         "throughput": {
             "samples_per_s": samples / wall if wall else 0.0,
-            "trainer_wait_fraction": wait / wall if wall else 0.0,
+            "trainer_wait_fraction": (sum(w.wait_s for w in workers) / len(workers)) / wall if wall else 0.0,
             "compute_s_per_step": compute / steps if steps else None,
             "wall_s": wall,
-            "first_batch_s": lead["first_batch_s"],
+            "first_batch_s": lead.first_batch_s,
         },
-        "publish_ms": lead["publish_ms"],
-        "store_recreated": lead["store_recreated"],
-        "keys": [w["keys"] for w in workers],
-        "versions_seen": sorted({v for w in workers for v in w["versions"]}),
+        "publish_ms": lead.publish_ms,
+        "store_recreated": lead.store_recreated,
+        "restarts": lead.restarts,
+        "keys": [w.keys for w in workers],
+        "versions_seen": sorted({v for w in workers for v in w.versions}),
+        "in_loop": lead.in_loop,
+        "trained": samples,  # rows trained on, all workers and epochs
     }
 
 
-def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    path.write_text(json.dumps(report, indent=2, default=float))
+@dataclass(kw_only=True)
+class RunReport:
+    """``report.json``: the keys are a stable interface (additions only)."""
+
+    config: dict[str, Any]
+    run_id: str
+    model_spec: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    final: dict[str, Any]
+    counts: dict[str, Any]
+    staleness: dict[str, Any]
+    staleness_histogram: dict[str, int]
+    staleness_bound: int | None
+    throughput: dict[str, Any]
+    cluster: dict[str, Any]
+    explainers: dict[str, Any]
+    skip_reasons: list[str]
+    publish_ms: list[float]
+    store_recreated: int
+    restarts: int
+    keys: list[Any]
+    versions_seen: list[int]
+    in_loop: dict[str, Any]
+    paths: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return json_safe(asdict(self))
+
+
+def _counts(worker_counts: dict[str, int], skipped_shards: list[dict[str, Any]],
+            gate_timeouts: int, trained: int) -> dict[str, Any]:
+    return {
+        "seen": worker_counts.get("rows", 0),
+        "skipped": worker_counts.get("skipped", 0) + sum(s["samples"] for s in skipped_shards),
+        "skipped_samples": worker_counts.get("skipped", 0),
+        "skipped_shards": skipped_shards,
+        "fallback": worker_counts.get("fallback", 0),
+        "occluded": worker_counts.get("occluded", 0),
+        "stale": worker_counts.get("stale", 0),
+        "stale_dropped": worker_counts.get("stale_dropped", 0),
+        "stale_reexplained": worker_counts.get("stale_reexplained", 0),
+        # explainer batches let through after waiting for the gate (a stalled stream)
+        "gate_timeouts": gate_timeouts,
+        "trained": trained,
+    }
+
+
+def assemble_report(
+    *,
+    config: dict[str, Any],
+    run_id: str,
+    model_spec: dict[str, Any],
+    workers: list[WorkerSummary],
+    skipped_shards: list[dict[str, Any]],
+    explainer_stats: dict[str, Any],
+    staleness_bound: int | None,
+    cluster: dict[str, Any],
+) -> RunReport:
+    """The one place a run's report is put together."""
+    merged = merge_workers(workers)
+    epochs = merged.pop("epochs")
+    last = epochs[-1] if epochs else {}
+    gate_timeouts = sum(int(e.get("gate_timeouts", 0)) for e in explainer_stats.values())
+    trained = merged.pop("trained")
+    return RunReport(
+        config=config, run_id=run_id, model_spec=model_spec, epochs=epochs,
+        final={k: last.get(k) for k in ("test_accuracy", "ood_accuracy", "train_accuracy", "loss")},
+        counts=_counts(merged.pop("counts"), skipped_shards, gate_timeouts, trained),
+        staleness_bound=staleness_bound, cluster=cluster, explainers=explainer_stats, **merged,
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by ``None`` (strict JSON has no non-finite numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``data`` as strict, indented JSON (numpy scalars become numbers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_safe(data), indent=2, default=_plain, allow_nan=False))
     return path
 
 
-def summary_table(report: dict[str, Any]) -> str:
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy scalar
+        return json_safe(value.item())
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_report(out_dir: Path, report: RunReport | dict[str, Any]) -> Path:
+    data = report.to_json() if isinstance(report, RunReport) else report
+    return write_json(out_dir / "report.json", data)
+
+
+def summary_table(report: RunReport) -> str:
     """A short plain-text table for the console."""
-    final = report["final"]
-    st = report["staleness"]
-    tp = report["throughput"]
-    c = report["counts"]
+    st, tp, c = report.staleness, report.throughput, report.counts
 
     def fmt(v: Any) -> str:
         if v is None:
@@ -84,15 +226,16 @@ def summary_table(report: dict[str, Any]) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     rows = [
-        ("mode / augment", f"{report['config']['mode']} / {report['config']['augment']}"),
-        ("test accuracy", fmt(final.get("test_accuracy"))),
-        ("ood accuracy", fmt(final.get("ood_accuracy"))),
+        ("mode / augment", f"{report.config['mode']} / {report.config['augment']}"),
+        ("test accuracy", fmt(report.final.get("test_accuracy"))),
+        ("ood accuracy", fmt(report.final.get("ood_accuracy"))),
         ("samples/s", fmt(tp["samples_per_s"])),
         ("trainer wait fraction", fmt(tp["trainer_wait_fraction"])),
         ("staleness mean/p50/p99/max", "/".join(fmt(st[k]) for k in ("mean", "p50", "p99", "max"))),
         ("seen / skipped / fallback", f"{c['seen']} / {c['skipped']} / {c['fallback']}"),
-        ("wall time (s)", fmt(report["wall_s"])),
-        ("report", report["paths"]["report"]),
+        ("restarts", fmt(report.restarts)),
+        ("wall time (s)", fmt(report.wall_s)),
+        ("report", report.paths.get("report", "-")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

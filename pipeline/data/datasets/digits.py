@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,

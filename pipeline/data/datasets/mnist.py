@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from functools import lru_cache, partial
 
 import numpy as np
+
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from functools import partial
 
 import numpy as np
+
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,

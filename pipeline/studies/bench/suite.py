@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from reldrop.checkpoint import ModelSpec
 from reldrop.pipeline.studies.bench.micro import bare_relevance, train_steps
 from reldrop.pipeline.studies.bench.runs import MODES, median_of, pipeline_run
 from reldrop.pipeline.training.config import TrainConfig
-
-from reldrop.checkpoint import ModelSpec
 
 __all__ = ["AHEAD_STEPS", "BenchConfig", "run_bench"]
 

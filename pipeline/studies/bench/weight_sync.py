@@ -14,11 +14,11 @@ import uuid
 from typing import Any
 
 import ray
-from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
-from reldrop.pipeline.explanation.weights import WeightStoreClient
 
 from reldrop.checkpoint import ModelSpec, state_to_numpy
 from reldrop.occlusion import OcclusionConfig
+from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+from reldrop.pipeline.explanation.weights import WeightStoreClient
 
 __all__ = ["measure_weight_sync"]
 
