@@ -1,3 +1,33 @@
 """The distributed side of reldrop: shards over fsspec, Ray Data explainer stage, weight store,
-Ray Train trainer. Import submodules directly (``reldrop.pipeline.data.shards``, ``reldrop.pipeline.training.driver``, ...);
-this package imports nothing heavy on its own."""
+Ray Train trainer.
+
+The public stage API is importable from here: :func:`add_explainer_stage`,
+:class:`WeightPublisher`, :func:`apply_drop`, :class:`StagePlan`. Everything else lives in the
+submodules (``reldrop.pipeline.data.shards``, ``reldrop.pipeline.training.driver``, ...). Names
+are imported on first use, so ``import reldrop.pipeline`` stays light (no Ray import).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__all__ = ["StagePlan", "WeightPublisher", "add_explainer_stage", "apply_drop", "staleness"]
+
+_WHERE = {
+    "StagePlan": "reldrop.pipeline.explanation.plan",
+    "WeightPublisher": "reldrop.pipeline.explanation.publisher",
+    "staleness": "reldrop.pipeline.explanation.publisher",
+    "add_explainer_stage": "reldrop.pipeline.explanation.api",
+    "apply_drop": "reldrop.pipeline.explanation.api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'reldrop.pipeline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

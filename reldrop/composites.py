@@ -16,19 +16,20 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision.models import ResNet
+from torchvision.models import VGG, ResNet
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat, SpecialFirstLayerMapComposite
 from zennit.core import Composite
 from zennit.layer import Sum
 from zennit.rules import Epsilon, Flat, Norm, Pass
-from zennit.torchvision import ResNetCanonizer
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution, Linear
 
 __all__ = [
     "CANONIZERS",
     "COMPOSITES",
     "canonizers_for",
+    "detect_canonizer",
     "make_composite",
     "register_composite",
 ]
@@ -41,6 +42,7 @@ COMPOSITES: dict[str, CompositeFactory] = {}
 #: name -> factory() -> list of canonizers
 CANONIZERS: dict[str, Callable[[], list[Canonizer]]] = {
     "resnet": lambda: [ResNetCanonizer()],
+    "vgg": lambda: [VGGCanonizer()],
     "sequential": lambda: [SequentialMergeBatchNorm()],
     "none": lambda: [],
 }
@@ -97,11 +99,33 @@ def _epsilon_gamma_box(canonizers: list[Canonizer], bounds: Bounds) -> Composite
     return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
 
 
+def detect_canonizer(model: nn.Module) -> str:
+    """The canonizer an architecture needs: torchvision ResNets ``resnet`` (BatchNorm merge plus
+    the residual sum as a module), VGGs ``vgg``, other models with BatchNorm ``sequential``
+    (merge a BatchNorm into the linear layer before it in an ``nn.Sequential``), else ``none``."""
+    if isinstance(model, ResNet):
+        return "resnet"
+    if isinstance(model, VGG):
+        return "vgg"
+    if any(isinstance(m, BatchNorm) for m in model.modules()):
+        return "sequential"
+    return "none"
+
+
 def canonizers_for(model: nn.Module) -> list[Canonizer]:
-    """The canonizers for an architecture: ``model.canonizer`` names one, else it is inferred."""
-    name = getattr(model, "canonizer", None)
-    if name is None:
-        name = "resnet" if isinstance(model, ResNet) else "sequential"
+    """Fresh canonizers for ``model``: its own ``canonizer`` attribute if it has one (a name in
+    :data:`CANONIZERS`, or a callable returning a list of zennit canonizers), else
+    :func:`detect_canonizer`."""
+    own = getattr(model, "canonizer", None)
+    if own is not None and not isinstance(own, str):
+        if not callable(own):
+            raise ValueError(f"model.canonizer is a {type(own).__name__}; expected a name in "
+                             f"{sorted(CANONIZERS)} or a callable returning zennit canonizers")
+        made = list(own())
+        if not all(isinstance(c, Canonizer) for c in made):
+            raise ValueError("model.canonizer() must return a list of zennit Canonizer instances")
+        return made
+    name = own if own is not None else detect_canonizer(model)
     if name not in CANONIZERS:
         raise ValueError(f"model.canonizer is {name!r}; known canonizers: {sorted(CANONIZERS)}")
     return CANONIZERS[name]()

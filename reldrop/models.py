@@ -1,6 +1,8 @@
-"""Models by name: a small VGG-style CNN, a ResNet-18 for small inputs, a small PointNet.
+"""Models by name: a small VGG-style CNN, a ResNet-18 for small inputs, a small PointNet, any
+torchvision classification model (``torchvision:resnet50``) and your own
+(``package.module:factory``, called as ``factory(in_channels=..., num_classes=...)``).
 
-Every model exposes ``embed(x)`` (the penultimate features, used by ActDiff), returns
+Every built-in model exposes ``embed(x)`` (the penultimate features, used by ActDiff), returns
 ``(logits, features)`` from ``forward(x, return_embedding=True)`` (so a DDP wrapper's forward,
 which synchronises gradients, is not bypassed) and names its ``canonizer`` so the LRP
 composites find the right one.
@@ -8,6 +10,7 @@ composites find the right one.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-__all__ = ["MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model"]
+__all__ = ["MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model", "resolve_model"]
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -108,7 +111,7 @@ class PointNet(nn.Module):
 
 
 ModelFactory = Callable[..., nn.Module]
-#: name -> factory(in_channels=, num_classes=)
+#: built-in models: name -> factory(in_channels=, num_classes=)
 MODELS: dict[str, ModelFactory] = {
     "small-cnn": SmallVGG,
     "resnet18": SmallResNet18,
@@ -116,12 +119,91 @@ MODELS: dict[str, ModelFactory] = {
 }
 
 
+def _torchvision_factory(name: str, arch: str) -> ModelFactory:
+    """``torchvision:ARCH``: any torchvision classification model, randomly initialised, with
+    ``num_classes`` outputs and its first convolution rebuilt for ``in_channels``."""
+    import torchvision.models as tvm  # noqa: PLC0415
+
+    known = tvm.list_models(module=tvm)
+    if arch not in known:
+        raise ValueError(f"model={name!r}: torchvision has no classification model {arch!r}; "
+                         f"known: {', '.join(known[:8])}, ... ({len(known)} in all)")
+
+    def build(*, in_channels: int, num_classes: int) -> nn.Module:
+        model = tvm.get_model(arch, weights=None, num_classes=num_classes)
+        if in_channels != 3:
+            _replace_first_conv(model, in_channels, name)
+        return model
+
+    return build
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int, name: str) -> None:
+    """Swap the first ``Conv2d`` (the stem) for one taking ``in_channels`` inputs."""
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent = model.get_submodule(path.rpartition(".")[0]) if "." in path else model
+            setattr(parent, path.rpartition(".")[2], nn.Conv2d(
+                in_channels, module.out_channels, module.kernel_size, stride=module.stride,  # type: ignore[arg-type]
+                padding=module.padding, dilation=module.dilation,  # type: ignore[arg-type]
+                groups=1, bias=module.bias is not None, padding_mode=module.padding_mode,
+            ))
+            return
+    raise ValueError(f"model={name!r} has no Conv2d stem to adapt to in_channels={in_channels}")
+
+
+def _import_factory(name: str) -> ModelFactory:
+    """``package.module:attribute`` (``attribute`` may be dotted) -> the callable it names."""
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"model={name!r}: expected a built-in name {sorted(MODELS)}, "
+                         "'torchvision:ARCH' or 'package.module:factory'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"model={name!r}: cannot import module {module_name!r} ({err}); "
+                         "put it on PYTHONPATH or install it") from None
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"model={name!r}: module {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"model={name!r}: {attr!r} is a {type(target).__name__}, not a callable factory")
+    return target  # type: ignore[no-any-return]
+
+
+def resolve_model(name: str) -> ModelFactory:
+    """The factory ``factory(in_channels=, num_classes=)`` that ``name`` stands for: a built-in
+    (:data:`MODELS`), ``torchvision:ARCH`` or ``package.module:factory``. Raises a one-line
+    ``ValueError`` for a name that does not resolve (use it to validate a configuration)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model={name!r}; expected a name such as 'small-cnn', "
+                         "'torchvision:resnet18' or 'package.module:factory'")
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith("torchvision:"):
+        return _torchvision_factory(name, name.partition(":")[2])
+    if ":" not in name:
+        raise ValueError(f"model={name!r} is unknown; known models: {sorted(MODELS)} "
+                         "(or 'torchvision:ARCH', or 'package.module:factory')")
+    return _import_factory(name)
+
+
 def build_model(name: str, *, in_channels: int, num_classes: int) -> nn.Module:
-    """A freshly initialised model ``name`` (see :data:`MODELS`)."""
-    if name not in MODELS:
-        raise ValueError(f"model={name!r} is unknown; known models: {sorted(MODELS)}")
+    """A freshly initialised model ``name`` (see :func:`resolve_model`)."""
+    factory = resolve_model(name)
     if in_channels < 1 or num_classes < 2:
         raise ValueError(
             f"in_channels={in_channels}, num_classes={num_classes}; expected >= 1 and >= 2"
         )
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes)
+    if name in MODELS:
+        return factory(in_channels=in_channels, num_classes=num_classes)
+    try:
+        model = factory(in_channels=in_channels, num_classes=num_classes)
+    except Exception as err:  # noqa: BLE001 - a user's factory may raise anything
+        raise ValueError(f"model={name!r}: factory(in_channels={in_channels}, "
+                         f"num_classes={num_classes}) raised {type(err).__name__}: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model={name!r}: the factory returned a {type(model).__name__}, "
+                         "expected a torch.nn.Module")
+    return model

@@ -33,6 +33,9 @@ def _config(decoy_root: str, out: Path, **kw) -> TrainConfig:
 
 
 def _assert_exactly_once(report: dict, expected: int) -> None:
+    epochs = report["keys"][0]
+    if len(epochs) > 1 and report["config"]["shuffle"]:  # a new order every epoch
+        assert epochs[0] != epochs[1]
     for worker_keys in zip(*report["keys"]):  # per epoch, across workers
         keys = [k for w in worker_keys for k in w]
         dupes = [k for k, c in Counter(keys).items() if c > 1]
@@ -141,8 +144,6 @@ def test_precomputed_mode(ray_local, decoy_root, tmp_path):
 
 
 def test_explainer_matches_direct_relevance(ray_local):
-    import ray
-
     from reldrop.checkpoint import ModelSpec, load_numpy_state, state_to_numpy
     from reldrop.occlusion import OcclusionConfig
     from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
@@ -154,7 +155,7 @@ def test_explainer_matches_direct_relevance(ray_local):
     model = spec.build()
     client = WeightStoreClient("direct", max_ahead=10_000, create=True)
     try:
-        client.call("publish", 5, [ray.put(state_to_numpy(model))])
+        assert client.publish(5, state_to_numpy(model)) == 5
         stage = ExplainerStage(StageConfig(run_id="direct", spec=spec.to_json(),
                                            occlusion=OcclusionConfig(strategy="reldrop-pixel", p=1.0)))
         assert stage.version == 5
@@ -170,8 +171,8 @@ def test_explainer_matches_direct_relevance(ray_local):
         out = stage(dict(batch))
         assert (out["model_version"] == 5).all()
         # a stale publish is rejected
-        with pytest.raises(Exception, match="not newer"):
-            client.call("publish", 3, [ray.put(state_to_numpy(model))])
+        with pytest.raises(ValueError, match="not newer"):
+            client.publish(3, state_to_numpy(model))
     finally:
         client.kill()
 
@@ -243,20 +244,32 @@ def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):
     _assert_exactly_once(report, 128)
 
 
+def _raylet_pid() -> int:
+    import ray
+    from ray._private import ray_constants
+
+    node = ray._private.worker._global_node
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
 def _kill_trainer_after_first_checkpoint(out: Path, stop: threading.Event, killed: list) -> None:
-    """SIGKILL the Ray Train worker process once the first epoch checkpoint exists."""
+    """SIGKILL this cluster's Ray Train worker process once the first epoch checkpoint exists
+    (other Ray clusters on the machine are left alone: the worker's parent is our raylet)."""
     import os
     import signal
 
+    raylet = _raylet_pid()
     deadline = time.monotonic() + 300
     while not stop.is_set() and time.monotonic() < deadline:
-        if any((out / "ray_results").glob("*/checkpoint_*")):
+        # the controller's snapshot: the checkpoint is registered, a restart will get it
+        if any((out / "ray_results").glob("*/checkpoint_manager_snapshot.json")):
             for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
                 try:
                     title = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    stat = (cmdline.parent / "stat").read_text().rsplit(")", 1)[-1].split()
                 except OSError:
                     continue
-                if title.startswith("ray::RayTrainWorker"):
+                if title.startswith("ray::RayTrainWorker") and int(stat[1]) == raylet:
                     os.kill(int(cmdline.parent.name), signal.SIGKILL)
                     killed.append(int(cmdline.parent.name))
                     return

@@ -219,8 +219,10 @@ def test_resource_values_are_checked_before_ray(field: str, value: object) -> No
 
 
 def test_config_round_trips_through_json() -> None:
-    cfg = _cfg(explainers="auto", trainer_cpus=0.5, model="pkg.mod:make")
+    cfg = _cfg(explainers="auto", trainer_cpus=0.5, model="torchvision:resnet18")
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError, match="no_such_module"):
+        _cfg(model="no_such_module:make")
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_json({"epochs": 1, "learning_rate": 1.0})
 

@@ -10,19 +10,13 @@ Inside a tar, entries ``{key}.{ext}``: ``png`` (uint8 image, 1 or 3 channels) or
 (uint8 CHW image, or float32 (N, C) point cloud), ``points.npy``, ``cls`` (label as text),
 optional ``mask.png`` / ``mask.npy``. Keys contain no ``.`` (WebDataset splits at the first).
 
-Ray Data reads the same shards; the pipeline should call::
-
-    fs, path = reldrop.pipeline.data.fs.arrow_filesystem(root_url)
-    ds = ray.data.read_webdataset(
-        [arrow path of each shard URL from Manifest.shard_urls(split)],
-        filesystem=fs, decoder=None, num_cpus=0.25)
-    ds.map(lambda row: decode_row(row, num_classes=m.num_classes, expected_shape=m.input_shape))
-
-With ``decoder=None`` each row is ``{"__key__": str, "__url__": str, "cls": bytes,
-"png" | "npy" | "points.npy": bytes, "mask.png" | "mask.npy": bytes | None}`` (absent
-optional entries are ``None``/NaN). Ray's default decoder (``decoder=True``) also works: it gives
-``cls`` as int and images as HW/HWC arrays, which :func:`decode_sample` accepts too; but
-``decoder=None`` keeps every check (and the pickle refusal) in this module.
+Ray Data reads the same shards through :mod:`reldrop.pipeline.data.read` (one verifying read
+task per shard, stacked blocks); rows of ``ray.data.read_webdataset(..., decoder=None)``
+(``{"__key__": str, "__url__": str, "cls": bytes, "png" | "npy" | "points.npy": bytes,
+"mask.png" | "mask.npy": bytes | None}``, absent optional entries ``None``/NaN) still decode
+with :func:`decode_row`. Values already decoded by Ray's default decoder (``cls`` as int,
+images as HW/HWC arrays) are accepted too, but raw bytes keep every check (and the pickle
+refusal) in this module.
 """
 
 from __future__ import annotations
@@ -58,6 +52,9 @@ class SampleError(ValueError):
         self.url = url
         self.key = key
         self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str, str]]:  # travels back from Ray tasks
+        return type(self), (self.url, self.key, self.problem)
 
 
 def validate_key(key: object) -> str:

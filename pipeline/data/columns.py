@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,7 +18,15 @@ from reldrop.pipeline.data.codecs import validate_key
 from reldrop.pipeline.data.fs import join_url, resolve
 from reldrop.pipeline.data.manifest import shard_name
 
-__all__ = ["column_shard_url", "read_columns", "read_split_columns", "write_columns"]
+__all__ = [
+    "ColumnJoin",
+    "align_column",
+    "column_shard_url",
+    "read_column_table",
+    "read_columns",
+    "read_split_columns",
+    "write_columns",
+]
 
 _DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
 
@@ -73,12 +82,13 @@ def write_columns(
     return url
 
 
-def _read_table(url: str, column: str) -> dict[str, np.ndarray]:
+def read_column_table(url: str, column: str) -> tuple[list[str], np.ndarray]:
+    """``(keys, values)`` of ``column`` in one column shard, values stacked ``(len(keys), ...)``."""
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     fs, path = resolve(url)
     if not fs.exists(path):
-        raise FileNotFoundError(f"no column shard at {url!r}")
+        raise FileNotFoundError(f"no column shard at {url!r}; write it with `reldrop explain`")
     with fs.open(path, "rb") as f:
         table = pq.read_table(f)
     if column not in table.column_names:
@@ -89,8 +99,32 @@ def _read_table(url: str, column: str) -> dict[str, np.ndarray]:
     dtype = np.dtype(meta.get(b"dtype", b"float32").decode())
     chunked = table.column(column).combine_chunks()
     flat = chunked.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-    values = flat.reshape((len(table), *shape))
-    keys = table.column("__key__").to_pylist()
+    return table.column("__key__").to_pylist(), flat.reshape((len(table), *shape))
+
+
+def align_column(
+    keys: Sequence[str], values: np.ndarray, want: Sequence[str] | np.ndarray, *, valid: np.ndarray
+) -> tuple[np.ndarray, list[int]]:
+    """``values`` reordered to the keys ``want`` (float32), and the positions of valid rows
+    whose key the column shard lacks; rows not ``valid`` (placeholders) get zeros."""
+    where = {key: i for i, key in enumerate(keys)}
+    out = np.zeros((len(want), *values.shape[1:]), np.float32)
+    missing: list[int] = []
+    rows, picks = [], []
+    for i, key in enumerate(want):
+        j = where.get(str(key))
+        if j is not None:
+            rows.append(i)
+            picks.append(j)
+        elif valid[i]:
+            missing.append(i)
+    if rows:
+        out[np.asarray(rows)] = values[np.asarray(picks)]
+    return out, missing
+
+
+def _read_table(url: str, column: str) -> dict[str, np.ndarray]:
+    keys, values = read_column_table(url, column)
     return {key: values[i] for i, key in enumerate(keys)}
 
 
@@ -119,3 +153,25 @@ def read_split_columns(
     for name in names:
         out.update(_read_table(join_url(base, name), column))
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColumnJoin:
+    """Which key-aligned column shards a read joins into its rows (``--mode precomputed``).
+
+    The read task of data shard ``i`` reads column shard ``i`` of ``group`` under
+    ``root_url`` and adds ``column`` (float32) to each row, so no process ever holds more
+    than one shard's column.
+    """
+
+    root_url: str
+    group: str = "relevance"
+    column: str = "relevance"
+
+    def __post_init__(self) -> None:
+        column_shard_url(self.root_url, "train", 0, group=self.group)  # validates group
+        if not self.column or self.column.startswith("__"):
+            raise ValueError(f"column {self.column!r} must be a non-empty name not starting with '__'")
+
+    def url(self, split: str, shard_index: int) -> str:
+        return column_shard_url(self.root_url, split, shard_index, group=self.group)

@@ -1,10 +1,11 @@
 """The explainer stage: a callable class for ``Dataset.map_batches`` on an actor pool.
 
 Each actor holds a model replica. Before each batch it passes the staleness gate, pulls newer
-weights from the :mod:`reldrop.pipeline.explanation.weights` if there are any, computes LRP relevance for the
-samples chosen for occlusion and adds two columns: ``dropped`` (uint8 mask of the elements to
-occlude; the trainer applies the fill, so the original pixels travel once as uint8) and
-``model_version`` (the version that explained the row; -1 for baselines and precomputed
+weights from the weight store (:mod:`reldrop.pipeline.explanation.weights`) if there are any,
+computes LRP relevance for the samples chosen for occlusion and adds three columns:
+``dropped`` (uint8 mask of the elements to occlude; the trainer applies the fill, so the
+original pixels travel once as uint8), ``fallback`` (relevance unusable, random variant used)
+and ``model_version`` (the version that explained the row; -1 for baselines and precomputed
 relevance). Random baselines and precomputed relevance use the same class without a model.
 """
 
@@ -12,91 +13,144 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from reldrop.checkpoint import ModelSpec, load_numpy_state
-from reldrop.occlusion import Occluder
+from reldrop.checkpoint import ModelSpec
+from reldrop.normalization import Normalization
+from reldrop.occlusion import Occluder, OcclusionConfig
 from reldrop.pipeline.data.stream import model_inputs
-from reldrop.relevance import relevance
+from reldrop.pipeline.explanation.replica import ExplainerReplica
 
 __all__ = ["ExplainerStage", "StageConfig"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class StageConfig:
-    """What an explainer actor needs (travels to the actor; no globals read there)."""
+    """What an explainer actor needs (travels to the actor; no globals read there).
+
+    An explainer waits up to ``first_weights_timeout_s`` for the trainer's first publish
+    (the trainer may start long after the actors on a busy cluster). The model comes from ``spec`` (a :class:`~reldrop.checkpoint.ModelSpec` as JSON) or from
+    ``model_factory`` (a picklable zero-argument callable returning an ``nn.Module``);
+    ``normalization`` defaults to the spec's.
+    """
 
     run_id: str
-    spec: dict[str, Any]
-    occlusion: Any  # reldrop.occlusion.OcclusionConfig
+    occlusion: OcclusionConfig
+    spec: dict[str, Any] | None = None
+    model_factory: Callable[[], nn.Module] | None = None
+    normalization: Normalization | None = None
     composite: str = "reference"
     use_model: bool = True
     precomputed: str | None = None
+    image_column: str = "image"
+    label_column: str = "label"
     max_ahead: int = 1 << 30
     gate_timeout_s: float = 15.0
+    first_weights_timeout_s: float = 300.0
     threads: int = 1
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if self.spec is None and self.normalization is None:
+            raise ValueError("StageConfig needs spec= or normalization= (how pixels map to model inputs)")
+        if self.use_model and (self.spec is None) == (self.model_factory is None):
+            raise ValueError("StageConfig with use_model=True needs exactly one of spec= and model_factory=")
+
+    def input_normalization(self) -> Normalization:
+        if self.normalization is not None:
+            return self.normalization
+        assert self.spec is not None
+        return ModelSpec.from_json(self.spec).normalization
+
+    def build_model(self) -> nn.Module:
+        model = self.model_factory() if self.model_factory is not None else None
+        if model is None:
+            assert self.spec is not None
+            model = ModelSpec.from_json(self.spec).build()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model_factory returned {type(model).__name__}, expected a torch.nn.Module")
+        return model
+
+
+def _batch_seed(seed: int, batch: dict[str, Any], config: StageConfig) -> int:
+    """A generator seed from the run seed and the content of a batch (reproducible; unlike a
+    process id it does not change between two runs with one seed)."""
+    digest = 0
+    for column in ("key", config.label_column, config.image_column):
+        if column in batch:
+            digest = zlib.crc32(np.ascontiguousarray(np.asarray(batch[column])).tobytes(), digest)
+    return (seed * 0x9E3779B1 + digest) % (2**63)
+
 
 class ExplainerStage:
-    """``map_batches`` callable: adds ``dropped`` and ``model_version`` columns to a batch."""
+    """``map_batches`` callable: adds ``dropped``, ``fallback`` and ``model_version`` columns."""
 
     def __init__(self, config: StageConfig) -> None:
         torch.set_num_threads(max(1, config.threads))
         self.config = config
-        self.spec = ModelSpec.from_json(config.spec)
+        self.normalization = config.input_normalization()
         self.occluder = Occluder(config.occlusion)
         self.device = torch.device(config.device)
-        self.generator = torch.Generator().manual_seed(config.seed * 1000 + os.getpid())
+        self.generator: torch.Generator | None = None  # seeded from the first batch
         self.version = -1
-        self.model: torch.nn.Module | None = None
+        self.replica: ExplainerReplica | None = None
         self.store: Any = None
         self.precomputed: dict[str, np.ndarray] | None = None
-        self.gate_waits_s = 0.0
-        self.gate_timeouts = 0
-        self.batches = 0
-        self.explained = 0  # rows sent through LRP
-        self.relevance_calls = 0
-        self.relevance_s = 0.0  # time inside relevance()
-        self.busy_s = 0.0  # time inside __call__, gate waits included
+        self.counters = {"batches": 0, "explained": 0, "relevance_calls": 0, "relevance_s": 0.0,
+                         "busy_s": 0.0, "gate_wait_s": 0.0, "gate_timeouts": 0}
         self.started = time.perf_counter()
         if config.use_model:
-            from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415 (imports ray)
+            from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
 
-            self.model = self.spec.build().to(self.device).eval()
+            self.replica = ExplainerReplica(
+                config.build_model(), composite=config.composite,
+                bounds=self.normalization.bounds(), device=self.device,
+            )
             self.store = WeightStoreClient(config.run_id, max_ahead=config.max_ahead, create=False)
             self._register()
-            self._refresh(wait_s=120.0)
+            self._refresh(wait_s=config.first_weights_timeout_s)
+            if self.version < 0:
+                warnings.warn(
+                    f"explainer of run {config.run_id!r}: no weights published within "
+                    f"{config.first_weights_timeout_s:g} s; explaining with the initial model "
+                    "(rows carry model_version -1) until the trainer publishes", stacklevel=2)
         elif config.precomputed:
             from reldrop.pipeline.data.columns import read_split_columns  # noqa: PLC0415
 
             self.precomputed = read_split_columns(config.precomputed, "train")
 
+    @property
+    def model(self) -> nn.Module | None:
+        return self.replica.model if self.replica is not None else None
+
     def _register(self) -> None:
         import ray  # noqa: PLC0415
 
+        if not ray.is_initialized():  # in-process use without Ray (tests, benchmarks)
+            return
         ctx = ray.get_runtime_context()
         if ctx.get_actor_id() is not None:  # also usable in-process (tests, benchmarks)
-            self.store.tell("register_explainer", ctx.get_actor_id(), ctx.current_actor)
+            self.store.register_explainer(ctx.get_actor_id(), ctx.current_actor)
 
     def _refresh(self, wait_s: float = 0.0) -> None:
         """Load newer published weights, if any (waiting up to ``wait_s`` for the first)."""
-        import ray  # noqa: PLC0415
-
         deadline = time.monotonic() + wait_s
         while True:
-            answer = self.store.call("latest", self.version, timeout=10.0)
+            answer = self.store.latest(self.version)
             if answer is not None:
-                version, ref = answer
-                if ref is not None:
-                    assert self.model is not None
-                    load_numpy_state(self.model, ray.get(ref[0]))
-                    self.version = version
+                assert self.replica is not None
+                version, weights = answer
+                self.replica.load(weights)  # removes the composite first (see replica.py)
+                self.version = version
             if self.version >= 0 or time.monotonic() >= deadline:
                 return
             time.sleep(0.05)
@@ -104,61 +158,76 @@ class ExplainerStage:
     def _gate(self, rows: int) -> None:
         """Wait until the trainer has consumed enough that these rows stay within the bound."""
         start = time.monotonic()
-        wait = self.config.gate_timeout_s
-        admitted = self.store.call("acquire", rows, wait, timeout=wait + 30.0)
-        if admitted is False:  # None: no store, keep going on the last weights
-            self.gate_timeouts += 1
-        self.gate_waits_s += time.monotonic() - start
+        if self.store.acquire(rows, self.config.gate_timeout_s) is False:
+            self.counters["gate_timeouts"] += 1  # None: no store, keep going on the last weights
+        self.counters["gate_wait_s"] += time.monotonic() - start
+
+    def _labels(self, batch: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        """The explained rows' labels, checked on the host (a device-side check would sync)."""
+        labels = np.asarray(batch[self.config.label_column], dtype=np.int64)[idx.numpy()]
+        classes = self.replica.num_classes if self.replica is not None else None
+        if labels.size and (labels.min() < 0 or (classes is not None and labels.max() >= classes)):
+            raise ValueError(
+                f"column {self.config.label_column!r} holds labels in [{labels.min()}, "
+                f"{labels.max()}]; the model has {classes} outputs"
+            )
+        return torch.from_numpy(labels)
 
     def _relevance(
-        self, batch: dict[str, np.ndarray], x: torch.Tensor, applied: torch.Tensor
+        self, batch: dict[str, Any], x: torch.Tensor, applied: torch.Tensor,
+        streamed: np.ndarray | None = None,
     ) -> torch.Tensor:
+        """Relevance for the ``applied`` rows (zeros elsewhere), on the host: from the
+        ``relevance`` column the read joined in (precomputed, streamed shard by shard), from a
+        whole-split lookup, or from the model replica."""
         rel = torch.zeros(x.shape[0], *(x.shape[2:] if x.ndim == 4 else x.shape[1:2]))
-        if self.precomputed is not None:
-            for i, key in enumerate(batch["key"]):
-                if applied[i]:
-                    rel[i] = torch.from_numpy(self.precomputed[str(key)].astype(np.float32))
+        idx = torch.nonzero(applied).flatten()  # on the host: no device sync to index
+        if streamed is not None:
+            rel[idx] = torch.from_numpy(np.asarray(streamed, dtype=np.float32))[idx].reshape(
+                rel[idx].shape)
             return rel
-        if applied.any():
-            assert self.model is not None
-            idx = applied
-            targets = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))[idx]
+        if self.precomputed is not None:
+            for i in idx.tolist():
+                rel[i] = torch.from_numpy(self.precomputed[str(batch["key"][i])].astype(np.float32))
+            return rel
+        if idx.numel():
+            assert self.replica is not None
             start = time.perf_counter()
-            rel[idx] = relevance(
-                self.model, x[idx].to(self.device), targets.to(self.device),
-                composite=self.config.composite, bounds=self.spec.normalization.bounds(),
-            ).cpu()
-            self.relevance_s += time.perf_counter() - start
-            self.relevance_calls += 1
-            self.explained += int(idx.sum())
+            targets = self._labels(batch, idx).to(self.device, non_blocking=True)
+            inputs = x[idx].to(self.device, non_blocking=True)
+            rel[idx] = self.replica.relevance(inputs, targets).cpu()
+            self.counters["relevance_s"] += time.perf_counter() - start
+            self.counters["relevance_calls"] += 1
+            self.counters["explained"] += int(idx.numel())
         return rel
 
     def stats(self) -> dict[str, float]:
         """Cumulative timing counters (read by ``reldrop bench`` through the weight store)."""
-        return {
-            "batches": self.batches, "explained": self.explained,
-            "relevance_calls": self.relevance_calls, "relevance_s": self.relevance_s,
-            "busy_s": self.busy_s, "gate_wait_s": self.gate_waits_s,
-            "gate_timeouts": self.gate_timeouts, "threads": torch.get_num_threads(),
-            "alive_s": time.perf_counter() - self.started,
-        }
+        return {**self.counters, "threads": torch.get_num_threads(),
+                "alive_s": time.perf_counter() - self.started,
+                "registrations": self.replica.registrations if self.replica else 0}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
-        n = len(batch["label"])
-        if self.model is not None:
+        cfg = self.config
+        n = len(batch[cfg.label_column])
+        if self.generator is None:
+            self.generator = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch, cfg))
+        if self.replica is not None:
             self._gate(n)
             self._refresh()
-        x = model_inputs(batch["image"], self.spec.normalization)
+        streamed = batch.pop("relevance", None)  # joined by the read; not sent on to trainers
+        x = model_inputs(batch[cfg.image_column], self.normalization)
         valid = ~np.asarray(batch.get("skipped", np.zeros(n, dtype=bool)), dtype=bool)
         applied = self.occluder.select(n, self.generator) & torch.from_numpy(valid)
-        rel = self._relevance(batch, x, applied) if self.occluder.needs_relevance else None
+        rel = (self._relevance(batch, x, applied, streamed) if self.occluder.needs_relevance
+               else None)
         dropped, fallback = self.occluder.drop_mask(x, rel, applied=applied, generator=self.generator)
         batch["dropped"] = dropped.cpu().numpy().astype(np.uint8)
         batch["fallback"] = fallback.numpy()
         batch["model_version"] = np.full(n, self.version, dtype=np.int64)
-        self.batches += 1
-        self.busy_s += time.perf_counter() - start
+        self.counters["batches"] += 1
+        self.counters["busy_s"] += time.perf_counter() - start
         if self.store is not None:
-            self.store.tell("report_explainer", f"pid{os.getpid()}", self.stats())
+            self.store.report_explainer(f"pid{os.getpid()}", self.stats())
         return batch

@@ -1,13 +1,11 @@
-"""The weight store: a named Ray actor holding ``(version, weights)`` and the production gate.
+"""The weight store: a named Ray actor holding ``(version, weights)``, the staleness gate and the
+explainers' counters, and :class:`WeightStoreClient`, its typed client.
 
 The trainer (rank 0) publishes every ``sync_every`` steps: the state dict as numpy arrays, put
-into the object store once (``ray.put``); explainers check the version before every batch and
-pull the object only when it is newer (the pattern RLlib uses for policy weights). Versions
-only move forward; a stale or malformed publish is rejected.
-
-The store also runs the gate that bounds staleness: explainers *acquire* rows before explaining
-them and the trainer reports rows it *consumed*; at most ``max_ahead`` rows may be explained
-but not yet consumed. Buffering, not publish frequency, is what makes samples stale.
+into the object store once (``ray.put``; numpy arrays travel ~8x faster than torch tensors);
+explainers check the version before every batch and pull the object only when it is newer (the
+pattern RLlib uses for policy weights). The actor is a thin shell: what it holds and every rule
+it applies live in the plain classes of :mod:`reldrop.pipeline.explanation.store`.
 
 If the store dies, nothing stops: explainers keep their last weights and skip the gate until
 the trainer recreates the store (same name) and publishes again.
@@ -15,14 +13,30 @@ the trainer recreates the store (same name) and publishes again.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 
-__all__ = ["STORE_NAMESPACE", "WeightStore", "WeightStoreClient", "store_name"]
+from reldrop.pipeline.explanation.store import (
+    ExplainerBook,
+    StalenessGate,
+    WeightVersions,
+    shapes_of,
+    validate_weights,
+)
+
+__all__ = [
+    "STORE_NAMESPACE",
+    "PutWeights",
+    "WeightStore",
+    "WeightStoreClient",
+    "store_name",
+    "validate_weights",
+]
 
 STORE_NAMESPACE = "reldrop"
 
@@ -33,121 +47,106 @@ def store_name(run_id: str) -> str:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class WeightStore:
-    """Holds the newest published weights; see the module docstring."""
+    """Named actor delegating to :class:`WeightVersions`, :class:`StalenessGate` and
+    :class:`ExplainerBook` (async: gate waiters sleep in its event loop)."""
 
-    def __init__(self, *, max_ahead: int, keys: list[str] | None = None) -> None:
-        self._version = -1
-        self._ref: list[ray.ObjectRef] = []
-        self._keys = keys
-        self._max_ahead = int(max_ahead)
-        self._produced = 0
-        self._consumed = 0
-        self._explainers: dict[str, Any] = {}
-        self._explainer_stats: dict[str, dict[str, float]] = {}
-        self._history: list[tuple[int, float]] = []
-        self._cond = asyncio.Condition()
+    def __init__(self, *, max_ahead: int, expected: dict[str, tuple[int, ...]] | None = None) -> None:
+        self._versions = WeightVersions(expected=expected)
+        self._gate = StalenessGate(max_ahead=max_ahead)
+        self._book = ExplainerBook()
 
-    def publish(self, version: int, weights_ref: list[ray.ObjectRef]) -> int:
-        """Accept ``weights_ref`` (a one-element list so Ray does not resolve it) as ``version``."""
-        if not isinstance(version, int) or version <= self._version:
-            raise ValueError(
-                f"publish rejected: version {version!r} is not newer than {self._version}"
-            )
+    def publish(
+        self, version: int, weights_ref: list[ray.ObjectRef],
+        shapes: dict[str, tuple[int, ...]] | None = None,
+    ) -> int:
+        """Accept ``weights_ref`` (a one-element list, so Ray does not resolve it) as ``version``.
+        Without ``shapes`` (older callers) the weights are fetched and validated here."""
         if not (isinstance(weights_ref, list) and len(weights_ref) == 1):
             raise ValueError("publish rejected: weights_ref must be [ObjectRef]")
-        self._version = version
-        self._ref = weights_ref
-        self._history.append((version, time.time()))
-        return version
+        if shapes is None:
+            weights = ray.get(weights_ref[0])
+            validate_weights(weights, self._versions.expected or shapes_of(weights))
+            shapes = shapes_of(weights)
+        return self._versions.publish(version, weights_ref, shapes)
 
     def version(self) -> int:
-        return self._version
+        return self._versions.version
 
     def latest(self, have: int) -> tuple[int, list[ray.ObjectRef] | None]:
-        """``(version, [ref])`` if newer than ``have``, else ``(version, None)``."""
-        if self._version > have:
-            return self._version, self._ref
-        return self._version, None
+        return self._versions.latest(have)
 
-    def _admits(self, rows: int) -> bool:
-        unconsumed = self._produced - self._consumed
-        return unconsumed <= 0 or unconsumed + rows <= self._max_ahead
+    def rewind(self, version: int) -> int:
+        return self._versions.rewind(version)
 
     async def acquire(self, rows: int, wait_s: float = 0.0) -> bool:
-        """Admit ``rows`` for explanation once at most ``max_ahead`` would be unconsumed,
-        waiting up to ``wait_s`` (no polling: :meth:`consumed` wakes the waiters)."""
-        async with self._cond:
-            if not self._admits(rows):
-                try:
-                    await asyncio.wait_for(self._cond.wait_for(lambda: self._admits(rows)), wait_s)
-                except TimeoutError:
-                    return False
-            self._produced += rows
-            return True
+        return await self._gate.acquire(rows, wait_s)
 
     async def consumed(self, rows: int) -> None:
-        async with self._cond:
-            self._consumed += rows
-            self._cond.notify_all()
+        await self._gate.consumed(rows)
 
-    async def reset_progress(self, consumed: int) -> None:
-        """Start the gate from ``consumed`` rows (a fresh store, or a new epoch: nothing is in
-        flight then, and rows acquired by a task that died and was retried are forgotten)."""
-        async with self._cond:
-            self._consumed = consumed
-            self._produced = consumed
-            self._cond.notify_all()
+    async def reset_progress(self, consumed: int) -> int:
+        await self._gate.reset_progress(consumed)
+        return consumed
 
     def register_explainer(self, name: str, handle: Any) -> None:
-        self._explainers[name] = handle
+        self._book.register(name, handle)
 
     def explainers(self) -> dict[str, Any]:
-        return dict(self._explainers)
+        return dict(self._book.handles)
 
     def report_explainer(self, name: str, stats: dict[str, float]) -> None:
-        """Keep an explainer's latest cumulative counters (``ExplainerStage.stats``)."""
-        self._explainer_stats[name] = stats
+        self._book.report(name, stats)
 
     def explainer_stats(self) -> dict[str, dict[str, float]]:
-        return dict(self._explainer_stats)
+        return dict(self._book.stats)
 
     def stats(self) -> dict[str, Any]:
         return {
-            "version": self._version,
-            "produced": self._produced,
-            "consumed": self._consumed,
-            "publishes": len(self._history),
+            "version": self._versions.version,
+            "produced": self._gate.produced,
+            "consumed": self._gate.consumed_rows,
+            "publishes": len(self._versions.history),
+            "gate_timeouts": self._gate.timeouts,
         }
 
 
-def validate_weights(weights: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]]) -> None:
-    """Reject a malformed publish: same names and shapes as the model, finite numeric arrays."""
-    if set(weights) != set(expected):
-        missing, extra = set(expected) - set(weights), set(weights) - set(expected)
-        raise ValueError(f"weights rejected: missing {sorted(missing)}, unexpected {sorted(extra)}")
-    for name, array in weights.items():
-        if not isinstance(array, np.ndarray) or tuple(array.shape) != tuple(expected[name]):
-            raise ValueError(
-                f"weights rejected: {name!r} has shape {getattr(array, 'shape', None)}, "
-                f"expected {expected[name]}"
-            )
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"weights rejected: {name!r} holds non-finite values")
+@dataclass(frozen=True)
+class PutWeights:
+    """Validated weights in the object store, ready to publish (see :meth:`WeightStoreClient.put`)."""
+
+    ref: ray.ObjectRef
+    shapes: dict[str, tuple[int, ...]]
 
 
 class WeightStoreClient:
-    """Looks the store up by name, recreating (trainer) or tolerating (explainers) its loss."""
+    """Typed access to the store of ``run_id``, looked up by name.
 
-    def __init__(self, run_id: str, *, max_ahead: int, create: bool) -> None:
+    ``create=True`` (the trainer): a missing or dead store is created again (``recreated``
+    counts it). ``create=False`` (explainers): a missing store is tolerated: calls answer
+    ``None`` and count a failure, and the caller keeps its last weights. Fire-and-forget calls
+    (:meth:`consumed`, :meth:`report_explainer`, :meth:`register_explainer`) look the store up
+    by name again at most once a second, so a recreated store is found.
+    """
+
+    def __init__(
+        self, run_id: str, *, max_ahead: int, create: bool,
+        expected: Mapping[str, tuple[int, ...]] | None = None,
+    ) -> None:
+        self.run_id = run_id
         self.name = store_name(run_id)
-        self.max_ahead = max_ahead
+        self.max_ahead = int(max_ahead)
         self.create = create
+        self.expected: dict[str, tuple[int, ...]] | None = (
+            {k: tuple(v) for k, v in expected.items()} if expected is not None else None
+        )
         self.failures = 0
         self.recreated = 0
         self._handle: Any = None
+        self._created: Any = None  # the creating handle: the actor lives while it is held
         self._looked_up = time.monotonic()
         self._connect()
 
+    # ---- connection ------------------------------------------------------------------------
     def _connect(self) -> Any:
         try:
             self._handle = ray.get_actor(self.name, namespace=STORE_NAMESPACE)
@@ -156,18 +155,20 @@ class WeightStoreClient:
                 self._handle = None
                 return None
             self._handle = WeightStore.options(  # type: ignore[attr-defined]
-                name=self.name,
-                namespace=STORE_NAMESPACE,
-                get_if_exists=True,
-            ).remote(max_ahead=self.max_ahead)
+                name=self.name, namespace=STORE_NAMESPACE, get_if_exists=True,
+            ).remote(max_ahead=self.max_ahead, expected=self.expected)
+            # a handle from ray.get_actor does not keep a non-detached actor alive: dropping
+            # this one (e.g. when _tell looks the store up again) would end the store
+            self._created = self._handle
         return self._handle
 
     @property
     def handle(self) -> Any:
         return self._handle if self._handle is not None else self._connect()
 
-    def call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
-        """Call ``method`` on the store; ``None`` (and a counted failure) if it is gone."""
+    def _call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
+        """Call ``method`` on the store and wait; ``None`` (a counted failure) if it is gone.
+        An error the store raised (a rejected publish) is raised here as its own type."""
         for attempt in range(2):
             handle = self.handle
             if handle is None:
@@ -186,9 +187,9 @@ class WeightStoreClient:
                 return None
         return None
 
-    def tell(self, method: str, *args: Any) -> None:
-        """Fire-and-forget call. A message to a dead store is lost without an error, so the
-        handle is looked up by name again at most once a second (a recreated store is found)."""
+    def _tell(self, method: str, *args: Any) -> None:
+        """Fire and forget. A message to a dead store is lost without an error, so the handle
+        is looked up by name again at most once a second (a recreated store is found)."""
         now = time.monotonic()
         if now - self._looked_up > 1.0:
             self._looked_up = now
@@ -200,7 +201,78 @@ class WeightStoreClient:
         if handle is not None:
             getattr(handle, method).remote(*args)
 
+    # ---- weights ---------------------------------------------------------------------------
+    def put(self, weights: Mapping[str, np.ndarray]) -> PutWeights:
+        """Validate ``weights`` (numpy state dict: names and shapes of the first publish,
+        finite values) and put them into the object store once."""
+        validate_weights(weights, self.expected if self.expected is not None else shapes_of(weights))
+        if self.expected is None:
+            self.expected = shapes_of(weights)
+        return PutWeights(ray.put(dict(weights)), shapes_of(weights))
+
+    def publish(self, version: int, weights: Mapping[str, np.ndarray] | PutWeights) -> int | None:
+        """Make ``weights`` the newest version; ``None`` if the store could not be reached.
+        Raises ``ValueError`` if the store rejects it (not newer, other names or shapes)."""
+        put = weights if isinstance(weights, PutWeights) else self.put(weights)
+        return self._call("publish", version, [put.ref], put.shapes)  # type: ignore[no-any-return]
+
+    def latest(self, have: int, *, timeout: float = 10.0) -> tuple[int, dict[str, np.ndarray]] | None:
+        """``(version, weights)`` if the store holds another version than ``have`` (newer, or
+        older after a rewind), else ``None`` (nothing else, or the store is gone)."""
+        answer = self._call("latest", have, timeout=timeout)
+        if answer is None or answer[1] is None:
+            return None
+        version, ref = answer
+        return int(version), ray.get(ref[0], timeout=timeout)
+
+    def rewind(self, version: int) -> bool:
+        """Let a run resumed at step ``version`` publish it again (see ``WeightVersions.rewind``);
+        ``False`` if the store is gone."""
+        return self._call("rewind", version) is not None
+
+    def version(self, *, timeout: float = 10.0) -> int | None:
+        return self._call("version", timeout=timeout)  # type: ignore[no-any-return]
+
+    # ---- staleness gate --------------------------------------------------------------------
+    def acquire(self, rows: int, wait_s: float) -> bool | None:
+        """Wait up to ``wait_s`` until ``rows`` may be explained: ``True`` admitted, ``False``
+        timed out (let through, counted by the store), ``None`` no store."""
+        return self._call("acquire", rows, wait_s, timeout=wait_s + 30.0)  # type: ignore[no-any-return]
+
+    def consumed(self, rows: int) -> None:
+        """The trainer consumed ``rows`` (fire and forget)."""
+        self._tell("consumed", rows)
+
+    def reset_progress(self, consumed: int) -> bool:
+        """Restart the gate's count at ``consumed`` rows; ``False`` if the store is gone."""
+        return self._call("reset_progress", consumed) is not None
+
+    # ---- explainers ------------------------------------------------------------------------
+    def register_explainer(self, name: str, handle: Any) -> None:
+        self._tell("register_explainer", name, handle)
+
+    def report_explainer(self, name: str, stats: Mapping[str, float]) -> None:
+        self._tell("report_explainer", name, dict(stats))
+
+    def explainer_stats(self, *, timeout: float = 5.0) -> dict[str, dict[str, float]]:
+        return self._call("explainer_stats", timeout=timeout) or {}
+
+    def explainers(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        return self._call("explainers", timeout=timeout) or {}
+
+    def stats(self, *, timeout: float = 5.0) -> dict[str, Any] | None:
+        return self._call("stats", timeout=timeout)  # type: ignore[no-any-return]
+
     def kill(self) -> None:
         if self._handle is not None:
             ray.kill(self._handle)
-            self._handle = None
+        self._handle = self._created = None
+
+    # ---- compatibility (method-name strings; to be removed once no caller uses them) -------
+    def call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
+        """Deprecated: call a store method by name (use the typed methods)."""
+        return self._call(method, *args, timeout=timeout)
+
+    def tell(self, method: str, *args: Any) -> None:
+        """Deprecated: fire-and-forget call by name (use :meth:`consumed` and friends)."""
+        self._tell(method, *args)

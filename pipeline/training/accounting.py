@@ -57,6 +57,8 @@ class BatchAccounting:
     versions: set[int] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
     keys: list[list[str]] = field(default_factory=list)
+    #: shards left out while streaming (failed verification): url -> {"reason", "rows"}
+    shards: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def start_epoch(self) -> None:
         self.keys.append([])
@@ -70,8 +72,7 @@ class BatchAccounting:
                 self.start_epoch()
             self.keys[-1].extend(str(k) for k in batch["key"])
         keep = ~np.asarray(batch["skipped"], dtype=bool)
-        room = max(0, MAX_REASONS - len(self.reasons))
-        self.reasons.extend(str(r) for r in np.asarray(batch["reason"])[~keep][:room])
+        self._skipped(np.asarray(batch["reason"])[~keep])
         self.counts["skipped"] += int((~keep).sum())
         plan = RowPlan(keep, np.zeros(n, dtype=bool))
         if "model_version" in batch:
@@ -82,6 +83,19 @@ class BatchAccounting:
         if "fallback" in batch:
             self.counts["fallback"] += int(np.asarray(batch["fallback"])[plan.keep].sum())
         return plan
+
+    def _skipped(self, reasons: np.ndarray) -> None:
+        """Keep the first reasons verbatim; a whole shard left out is listed once per URL."""
+        from reldrop.pipeline.data.read import shard_skip  # noqa: PLC0415
+
+        for reason in (str(r) for r in reasons):
+            url = shard_skip(reason)
+            if url is not None:
+                entry = self.shards.setdefault(url, {"url": url, "reason": reason, "rows": 0})
+                entry["rows"] += 1
+                continue
+            if len(self.reasons) < MAX_REASONS:
+                self.reasons.append(reason)
 
     def _staleness(self, version: np.ndarray, keep: np.ndarray, step: int) -> RowPlan:
         explained = keep & (version >= 0)

@@ -75,12 +75,6 @@ def explainer_count(text: str) -> int | str:
     return value
 
 
-def _models() -> list[str]:
-    from reldrop.models import MODELS  # noqa: PLC0415
-
-    return sorted(MODELS)
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Everything needed to rerun a training job (``report.json["config"]``)."""
@@ -229,11 +223,9 @@ def _check_choices(cfg: TrainConfig) -> None:
         allowed = list(opt.choices())
         if getattr(cfg, f.name) not in allowed:
             raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}; expected one of {allowed}")
-    if ":" not in cfg.model and cfg.model not in _models():
-        raise ValueError(
-            f"model={cfg.model!r}; expected one of {_models()}, package.module:factory or "
-            "torchvision:NAME"
-        )
+    from reldrop.models import resolve_model  # noqa: PLC0415
+
+    resolve_model(cfg.model)  # a built-in, torchvision:NAME or package.module:factory
 
 
 def _bad(cfg: TrainConfig, name: str, allowed: str) -> ValueError:

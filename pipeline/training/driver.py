@@ -21,7 +21,7 @@ import numpy as np
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
-from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
+from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.report import (
     RunReport,
@@ -32,7 +32,9 @@ from reldrop.pipeline.training.report import (
 )
 from reldrop.pipeline.training.scaling import READ_CPUS, Resources, plan_resources
 
-__all__ = ["DEMO_DATASET", "READ_CPUS", "default_data", "init_ray", "run_training"]
+__all__ = [
+    "DEMO_DATASET", "READ_CPUS", "default_data", "init_ray", "run_training", "train_set_names",
+]
 
 DEMO_DATASET = "decoy-mnist"
 
@@ -68,23 +70,21 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
 
 def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources) -> Any:
     """Append the explainer stage (async: model replicas; precomputed/baselines: no model)."""
-    import ray  # noqa: PLC0415
+    from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
 
     if not cfg.has_stage:
         return ds
     stage = StageConfig(
         run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
-        use_model=cfg.needs_explainer,
-        precomputed=cfg.precomputed if cfg.mode == "precomputed" else None,
+        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
         max_ahead=cfg.max_ahead_samples(), threads=max(1, int(round(res.explainer_cpus))),
         seed=cfg.seed, device="cuda" if res.explainer_gpus > 0 else "cpu",
     )
     low, high = (res.explainers_min, res.explainers_max) if cfg.needs_explainer else (1, 1)
-    return ds.map_batches(
-        ExplainerStage, fn_constructor_args=(stage,), batch_size=cfg.stage_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1),
-        num_cpus=res.explainer_cpus, num_gpus=res.explainer_gpus or None,
+    return append_stage(
+        ds, stage, batch_size=cfg.stage_batch_size,
+        compute=pool_strategy((low, high), cpus=res.explainer_cpus, gpus=res.explainer_gpus),
+        cpus=res.explainer_cpus, gpus=res.explainer_gpus,
         resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
     )
 
@@ -96,9 +96,12 @@ def init_ray(cfg: TrainConfig) -> None:
 
     from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
 
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Ray Train copies worker prints into its logger and, where the worker's stdout is already
+    # redirected, prints them again: every progress line twice. Print once.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     runtime_env: dict[str, Any] = {
         "worker_process_setup_hook": "reldrop.pipeline.training.logs.quiet_worker"}
     env_vars = worker_env()
@@ -162,11 +165,34 @@ def _banner(run: _Run) -> str:
     )
 
 
+def train_set_names(cfg: TrainConfig) -> list[str]:
+    """One training dataset per epoch when shuffling (Ray Train re-runs a dataset's plan every
+    epoch, so one dataset always streams one order), else one for every epoch."""
+    return [f"train_{e}" for e in range(cfg.epochs)] if cfg.shuffle else ["train"]
+
+
+def _precomputed(cfg: TrainConfig) -> Any:
+    from reldrop.pipeline.data.columns import ColumnJoin  # noqa: PLC0415
+
+    if cfg.mode == "precomputed" and cfg.has_stage:
+        return ColumnJoin(root_url=str(cfg.precomputed))
+    return None
+
+
 def _datasets(run: _Run) -> dict[str, Any]:
+    """Training sets (explainer stage appended), then the unsplit evaluation sets.
+
+    Shuffled, each epoch's shard order and within-shard order come from (seed, epoch): a rerun
+    with the same seed sees the same orders, each key once per epoch. With ``--limit`` an epoch
+    takes the first rows of its own order."""
     cfg = run.cfg
-    train = read_split(run.plan, on_error=cfg.on_error, read_cpus=run.res.read_cpus,
-                       limit=cfg.limit, rows_per_block=cfg.stage_batch_size)
-    datasets = {"train": _stage(cfg, train, run.spec, run.run_id, run.res)}
+    datasets: dict[str, Any] = {}
+    for epoch, name in enumerate(train_set_names(cfg)):
+        rows = read_split(run.plan, on_error=cfg.on_error, read_cpus=run.res.read_cpus,
+                          limit=cfg.limit, rows_per_block=cfg.stage_batch_size,
+                          shuffle_seed=cfg.seed if cfg.shuffle else None, epoch=epoch,
+                          columns=_precomputed(cfg))
+        datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
             datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),
@@ -192,13 +218,14 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
         train_loop_per_worker=_train_loop,
         train_loop_config={
             "config": cfg.to_json(), "spec": run.spec.to_json(), "run_id": run.run_id,
-            "eval_sets": [k for k in datasets if k != "train"],
+            "train_sets": train_set_names(cfg),
+            "eval_sets": [k for k in ("test", "ood_test") if k in datasets],
             "train_samples": min(run.plan.num_samples, cfg.limit or run.plan.num_samples),
         },
         scaling_config=ScalingConfig(num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": res.trainer_cpus, **gpus}),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=train_set_names(cfg)),
         run_config=RunConfig(
             name=f"reldrop-{run.run_id}", storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -219,7 +246,7 @@ def _fit(run: _Run, trainer: Any) -> tuple[Any, dict[str, Any]]:
         result = trainer.fit()
     finally:
         if store is not None:
-            stats = store.call("explainer_stats", timeout=5.0) or {}
+            stats = store.explainer_stats(timeout=5.0)
             store.kill()
     if result.metrics is None or result.checkpoint is None or not result.metrics.get("workers"):
         raise RuntimeError(f"training run {run.run_id} finished without a final report: {result.error}")

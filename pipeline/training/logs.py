@@ -2,7 +2,9 @@
 
 Installed as the runtime environment's ``worker_process_setup_hook``. Without the dashboard,
 Ray Train's placement-group cleaner cannot reach the state API and logs one warning per check
-("Failed to query Ray Train Controller actor state"): half of a demo run's console.
+("Failed to query Ray Train Controller actor state"): half of a demo run's console. Ray Data's
+progress bars, drawn by every trainer worker that iterates a dataset, are switched off too: the
+trainer prints its own progress lines.
 """
 
 from __future__ import annotations
@@ -17,3 +19,6 @@ NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cl
 def quiet_worker() -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    import ray.data  # noqa: PLC0415
+
+    ray.data.DataContext.get_current().enable_progress_bars = False

@@ -46,6 +46,8 @@ class WorkerSummary:
     store_recreated: int = 0
     restarts: int = 0
     in_loop: dict[str, Any] = field(default_factory=dict)
+    #: shards that failed verification while streaming (their rows are in ``counts["skipped"]``)
+    skipped_shards: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +111,17 @@ def merge_workers(workers: list[WorkerSummary]) -> dict[str, Any]:
         "versions_seen": sorted({v for w in workers for v in w.versions}),
         "in_loop": lead.in_loop,
         "trained": samples,  # rows trained on, all workers and epochs
+        "streamed_skips": _merge_shard_skips(workers),
     }
+
+
+def _merge_shard_skips(workers: list[WorkerSummary]) -> list[dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for w in workers:
+        for entry in w.skipped_shards:
+            into = merged.setdefault(entry["url"], {**entry, "rows": 0})
+            into["rows"] += entry["rows"]
+    return [merged[url] for url in sorted(merged)]
 
 
 @dataclass(kw_only=True)
@@ -143,12 +155,17 @@ class RunReport:
 
 
 def _counts(worker_counts: dict[str, int], skipped_shards: list[dict[str, Any]],
-            gate_timeouts: int, trained: int) -> dict[str, Any]:
+            streamed: list[dict[str, Any]], gate_timeouts: int, trained: int) -> dict[str, Any]:
+    """Planned skips (shards left out before reading) are not in the workers' counts; shards
+    that failed while streaming reached the workers as placeholder rows and are."""
     return {
         "seen": worker_counts.get("rows", 0),
         "skipped": worker_counts.get("skipped", 0) + sum(s["samples"] for s in skipped_shards),
         "skipped_samples": worker_counts.get("skipped", 0),
-        "skipped_shards": skipped_shards,
+        "skipped_shards": skipped_shards + [
+            {"url": s["url"], "samples": s["rows"], "reason": s["reason"], "while": "streaming"}
+            for s in streamed
+        ],
         "fallback": worker_counts.get("fallback", 0),
         "occluded": worker_counts.get("occluded", 0),
         "stale": worker_counts.get("stale", 0),
@@ -180,7 +197,8 @@ def assemble_report(
     return RunReport(
         config=config, run_id=run_id, model_spec=model_spec, epochs=epochs,
         final={k: last.get(k) for k in ("test_accuracy", "ood_accuracy", "train_accuracy", "loss")},
-        counts=_counts(merged.pop("counts"), skipped_shards, gate_timeouts, trained),
+        counts=_counts(merged.pop("counts"), skipped_shards, merged.pop("streamed_skips"),
+                       gate_timeouts, trained),
         staleness_bound=staleness_bound, cluster=cluster, explainers=explainer_stats, **merged,
     )
 

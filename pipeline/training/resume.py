@@ -62,6 +62,7 @@ def save_train_state(
         "step": state.step, "epochs": state.epochs, "restarts": state.restarts, "optimizer": meta,
         "counts": dict(accounting.counts), "staleness": {str(k): v for k, v in accounting.staleness.items()},
         "versions": sorted(accounting.versions), "reasons": accounting.reasons, "keys": accounting.keys,
+        "shards": accounting.shards,
     }, default=float))
 
 
@@ -85,6 +86,7 @@ def load_train_state(
     accounting.versions = set(saved["versions"])
     accounting.reasons = list(saved["reasons"])
     accounting.keys = [list(k) for k in saved["keys"]]
+    accounting.shards = dict(saved["shards"])
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:

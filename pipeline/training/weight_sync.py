@@ -4,7 +4,6 @@ it consumed to the staleness gate."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from torch import nn
 
@@ -46,27 +45,27 @@ class WeightSync:
     def start_epoch(self) -> None:
         """Nothing is in flight between epochs: restart the gate's count from here."""
         if self.publishes:
-            self.client.call("reset_progress", self.rows * self.world)
+            self.client.reset_progress(self.rows * self.world)
 
     def consumed(self, rows: int) -> None:
         self.rows += rows
-        self.client.tell("consumed", rows)
+        self.client.consumed(rows)
 
     def publish(self, version: int) -> None:
-        import ray  # noqa: PLC0415
-
+        """Publish the model as ``version`` (rank 0); a store recreated since the last publish
+        restarts its gate count from the rows consumed so far."""
         if not self.publishes:
             return
         start = time.perf_counter()
-        ref = ray.put(state_to_numpy(self.model))
         try:
-            result: Any = self.client.call("publish", version, [ref])
-        except ValueError:
+            put = self.client.put(state_to_numpy(self.model))
+            result = self.client.publish(version, put)
+        except ValueError:  # not newer, or malformed weights: counted, training goes on
             self.rejected += 1
             return
         if self.client.recreated != self._recreated_seen or result is None:
             self._recreated_seen = self.client.recreated
-            self.client.call("reset_progress", self.rows * self.world)
+            self.client.reset_progress(self.rows * self.world)
             if result is None:
-                self.client.call("publish", version, [ref])
+                self.client.publish(version, put)
         self.publish_ms.append((time.perf_counter() - start) * 1e3)

@@ -209,6 +209,7 @@ def _summary(w: _Worker) -> WorkerSummary:
         publish_ms=w.sync.publish_ms if w.sync else [],
         store_recreated=w.sync.recreated if w.sync else 0,
         restarts=w.state.restarts, in_loop=w.in_loop.stats.as_dict(),
+        skipped_shards=list(a.shards.values()),
     )
 
 
@@ -241,8 +242,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting)
     if w.sync is not None:
         w.sync.start(w.state.step, resumed=w.state.restarts > 0)
-    shard = ray.train.get_dataset_shard("train")
+    sets = loop_config["train_sets"]  # one per epoch when shuffling
     for epoch in range(len(w.state.epochs), w.cfg.epochs):
+        shard = ray.train.get_dataset_shard(sets[epoch] if len(sets) > 1 else sets[0])
         record = _run_epoch(w, shard, epoch)
         # every rank iterates the (unsplit) test sets: Ray Train coordinates their execution
         # across workers, so rank 0 alone would wait for the others forever

@@ -3,7 +3,7 @@
 Followers are plain Ray actors that each hold an :class:`~reldrop.pipeline.explanation.stage.ExplainerStage`
 and refresh it through its own code path (``latest`` on the :mod:`reldrop.pipeline.explanation.weights`, pull
 the object, ``load_numpy_state``), polling as fast as an idle explainer would. The clock starts
-before the driver's ``ray.put`` of the numpy state dict, as in the trainer's publish.
+before the driver validates and ``ray.put``s the numpy state dict, as in the trainer's publish.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def measure_weight_sync(
     model = spec.build()
     state = state_to_numpy(model)
     megabytes = sum(a.nbytes for a in state.values()) / 2**20
-    client.call("publish", 0, [ray.put(state)])
+    client.publish(0, state)
     config = StageConfig(run_id=run_id, spec=spec.to_json(), occlusion=OcclusionConfig(strategy="reldrop-pixel"))
     followers = [_Follower.remote(config) for _ in range(explainers)]  # type: ignore[attr-defined]
     try:
@@ -60,9 +60,9 @@ def measure_weight_sync(
             pending = [f.wait_for.remote(version, poll_s, timeout_s) for f in followers]
             time.sleep(0.2)  # followers are polling
             start = time.time()
-            ref = ray.put(state_to_numpy(model))
+            put = client.put(state_to_numpy(model))  # validated, then one ray.put
             put_ms.append((time.time() - start) * 1e3)
-            client.call("publish", version, [ref])
+            client.publish(version, put)
             done = ray.get(pending, timeout=timeout_s + 10)
             if any(v < version for _, v in done):
                 raise RuntimeError(f"weight sync: a follower did not reach version {version} in {timeout_s} s")
