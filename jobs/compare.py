@@ -5,6 +5,12 @@ regularizers) over the same seeds on DecoyMNIST, evaluate each final checkpoint 
 The defaults are a small comparison for a 2-CPU machine: 24 trainings of 1-2 minutes each.
 Trainings run on Ray one after another; ``--parallel K`` runs K at once on a cluster large
 enough for it.
+
+``--search quick|full`` instead searches each method's hyperparameters in this process (no
+Ray, the in-loop way): per method a grid (log-scale weights, RelDrop p/alpha/beta) x seeds, the
+winner chosen on the in-distribution ``val`` split only, written to ``OUT/search.json`` and
+``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test, e.g.
+``reldrop make-shards --dataset viviano-synthetic --out data/viviano``.
 """
 
 from __future__ import annotations
@@ -21,22 +27,22 @@ __all__ = ["build_parser", "main", "parse_args"]
 def _method_list(text: str) -> list[str]:
     """``a,b,c`` -> known method names (argparse turns the error into a usage message)."""
     from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
 
     names = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in METHODS and m not in GRIDS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"{unknown or text!r}: expected comma-separated names from {list(METHODS)}"
+            f"{unknown or text!r}: expected comma-separated names from {list(METHODS)} "
+            f"(with --search: from {list(GRIDS)})"
         )
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reldrop.pipeline.studies.compare import DEFAULT_METHODS  # noqa: PLC0415
-
     p = new_parser("reldrop compare", __doc__ or "")
-    p.add_argument("--methods", type=_method_list, default=list(DEFAULT_METHODS),
-                   help="comma-separated method names")
+    p.add_argument("--methods", type=_method_list, default=None,
+                   help="comma-separated method names (default: all of the chosen mode)")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1, the same for every method")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--limit", type=int, default=2000, help="use at most N training samples")
@@ -48,13 +54,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once (Ray tasks)")
     p.add_argument("--address", default=None, help="Ray address to join (default: start local Ray)")
+    p.add_argument("--search", choices=("off", "quick", "full"), default="off",
+                   help="search each method's hyperparameters in process (quick or full grid), "
+                   "selecting on the in-distribution val split")
+    p.add_argument("--tol", type=float, default=0.01,
+                   help="--search: strongest setting within TOL of the best val accuracy wins")
+    p.add_argument("--model", default="small-cnn", help="--search: model name")
+    p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
+                   help="--search: replace METHOD's grid by these values (lambda for a "
+                   "regularizer, p for an augmentation); repeatable")
     return p
+
+
+def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, list[dict[str, float]]]:
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
+
+    grids: dict[str, list[dict[str, float]]] = {}
+    for item in items:
+        method, _, values = item.partition("=")
+        key = "p" if method.startswith(("reldrop-", "random-")) else "lam"
+        try:
+            grids[method] = [{key: float(v)} for v in values.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with numbers")
+        if method not in GRIDS or not grids[method]:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with METHOD in {list(GRIDS)}")
+    return grids
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
+    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
+
     parser = build_parser()
     args = parse_with_config(parser, argv)
+    known = GRIDS if args.search != "off" else METHODS
+    if args.methods is None:
+        args.methods = list(known)
+    wrong = [m for m in args.methods if m not in known]
+    if wrong:
+        parser.error(f"--methods {wrong} not known with --search {args.search}; expected {list(known)}")
+    if args.search != "off" and not args.data:
+        parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
+    args.grid = _grids(parser, args.grid)
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),
                         ("--eval-limit", args.eval_limit), ("--parallel", args.parallel)):
         if value < 1:
@@ -62,10 +105,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _main_search(args: argparse.Namespace) -> int:
+    from reldrop.pipeline.studies.search import SearchConfig, run_search  # noqa: PLC0415
+
+    cfg = SearchConfig(
+        data=args.data, methods=tuple(args.methods), quick=args.search == "quick",
+        seeds=tuple(range(args.seeds)), epochs=args.epochs, limit=args.limit,
+        eval_limit=args.eval_limit, tol=args.tol, model=args.model, out=args.out,
+        grids=args.grid,
+    )
+    result = run_search(cfg, log=lambda line: print(line, flush=True))
+    print(result["table"])
+    print(f"wrote {args.out}/search.json, {args.out}/search.md in {result['wall_s']:.0f}s")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
 
     configure_storage(args.storage_options)
+    if args.search != "off":
+        return _main_search(args)
+
     cfg = CompareConfig(
         methods=tuple(args.methods), seeds=tuple(range(args.seeds)), epochs=args.epochs,
         limit=args.limit, eval_limit=args.eval_limit, data=args.data, out=args.out,

@@ -6,6 +6,8 @@ probability ``p``), then the strategy occludes them::
     reldrop = RelDrop(model, "reldrop-pixel", seed=0)
     for x, y in loader:
         x = reldrop(x, y).inputs          # eval-mode LRP, model mode restored
+        # or, keyed: every draw a function of (seed, epoch, key), whatever the batch
+        x = reldrop(x, y, keys=keys, epoch=epoch).inputs
         loss = F.cross_entropy(model(x), y)
         ...
 
@@ -14,6 +16,7 @@ The Ray pipeline's ``sync`` mode and every baseline use this same object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from reldrop.composites import Bounds
+from reldrop.keyed import sample_seeds
 from reldrop.occlusion import Occluder, OcclusionConfig, OcclusionResult
 from reldrop.relevance import Target, _check_targets, relevance
 
@@ -79,6 +83,7 @@ class RelDrop:
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
         self.generator.manual_seed(seed)
+        self.seed = int(seed)
         self.stats = AugmentStats()
 
     def explain(self, inputs: torch.Tensor, targets: torch.Tensor, applied: torch.Tensor) -> torch.Tensor:
@@ -94,10 +99,20 @@ class RelDrop:
             )
         return rel
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> OcclusionResult:
+    def __call__(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *,
+        keys: Sequence[str] | None = None, epoch: int = 0,
+    ) -> OcclusionResult:
+        """Occlude a batch. With ``keys`` (one per sample) every draw is keyed by
+        ``sample_seed(seed, epoch, key)``; without, draws come from this object's generator."""
         _check_targets(targets, inputs.shape[0])
-        applied = self.occluder.select(inputs.shape[0], self.generator)
+        seeds = None
+        if keys is not None:
+            if len(keys) != inputs.shape[0]:
+                raise ValueError(f"{len(keys)} keys for a batch of {inputs.shape[0]} samples")
+            seeds = sample_seeds(self.seed, epoch, keys)
+        applied = self.occluder.select(inputs.shape[0], self.generator, seeds=seeds)
         rel = self.explain(inputs, targets, applied) if self.occluder.needs_relevance else None
-        result = self.occluder(inputs, rel, applied=applied, generator=self.generator)
+        result = self.occluder(inputs, rel, applied=applied, generator=self.generator, seeds=seeds)
         self.stats.update(result)
         return result

@@ -1,9 +1,13 @@
 """LRP composites and canonizers, chosen by name.
 
-The ``reference`` composite follows the RelDrop reference code (Grüne et al. 2025,
-arXiv 2505.21595): Epsilon(1e-3) on convolutional and linear layers, Flat on the first layer,
-Pass on activations and BatchNorm. ``epsilon_plus_flat`` and ``epsilon_gamma_box`` are zennit's
-presets (Montavon et al. 2019; Kohlbrenner et al. 2020).
+The ``reference`` composite is exactly the rules of the RelDrop reference code (Grüne et al.
+2025, arXiv 2505.21595, its ``epsilon_zplus`` composite): Epsilon(1e-3) on convolutional and
+linear layers, Flat on the first layer, Norm on average pooling, Pass on activations and
+BatchNorm, and no rule for residual additions (timm/torchvision ResNets add with ``+``, which
+the gradient passes through). ``reference-sum-norm`` adds the Norm rule at residual additions
+(zennit's ``Sum`` modules, which ``ResNetCanonizer`` inserts): sounder, identical on networks
+without residual sums, but a different heatmap on a ResNet. ``epsilon_plus_flat`` and
+``epsilon_gamma_box`` are zennit's presets (Montavon et al. 2019; Kohlbrenner et al. 2020).
 """
 
 from __future__ import annotations
@@ -55,13 +59,17 @@ def register_composite(name: str) -> Callable[[CompositeFactory], CompositeFacto
 
 
 class _ReferenceComposite(SpecialFirstLayerMapComposite):
-    """Epsilon on conv/linear, Flat on the first layer, Pass on activations and BatchNorm."""
+    """Epsilon on conv/linear, Flat on the first layer, Norm on average pooling, Pass on
+    activations and BatchNorm; ``sum_norm`` adds Norm at residual additions."""
 
-    def __init__(self, epsilon: float = 1e-3, canonizers: list[Canonizer] | None = None) -> None:
+    def __init__(
+        self, epsilon: float = 1e-3, canonizers: list[Canonizer] | None = None,
+        *, sum_norm: bool = False,
+    ) -> None:
         layer_map = [
             (Activation, Pass()),
             (BatchNorm, Pass()),
-            (Sum, Norm()),
+            *([(Sum, Norm())] if sum_norm else []),
             (AvgPool, Norm()),
             (Convolution, Epsilon(epsilon=epsilon)),
             (nn.Linear, Epsilon(epsilon=epsilon)),
@@ -73,6 +81,11 @@ class _ReferenceComposite(SpecialFirstLayerMapComposite):
 @register_composite("reference")
 def _reference(canonizers: list[Canonizer], bounds: Bounds) -> Composite:
     return _ReferenceComposite(canonizers=canonizers)
+
+
+@register_composite("reference-sum-norm")
+def _reference_sum_norm(canonizers: list[Canonizer], bounds: Bounds) -> Composite:
+    return _ReferenceComposite(canonizers=canonizers, sum_norm=True)
 
 
 @register_composite("epsilon_plus_flat")

@@ -4,7 +4,11 @@
   features, ordered by the true-class relevance (most positive first) or in a seeded random
   order, is replaced by a fill defined in the space the model sees (``zero`` = the data mean),
   for f = 0, 0.05, ..., 1; accuracy per fraction and the area under each curve (trapezoid over
-  f). A model that relies on what its relevance points at falls faster under relevance order.
+  f). A model that relies on what its relevance points at falls faster under relevance order;
+  ``auc_gap`` = random AUC - relevance AUC measures that (Samek et al. 2017 read the relevance
+  curve as explanation quality, not robustness). A method trained on relevance-ordered
+  occlusion (RelDrop) sees that very perturbation in training, so its relevance AUC is not a
+  robustness figure: compare the random-order AUC for robustness to occlusion.
 - **Feature utilisation**: share of the positive relevance inside the region-of-interest mask,
   and the number (and fraction) of features holding 50% of the relevance mass; mass is |R| by
   default (``mass="positive"``: positive R only).
@@ -194,6 +198,7 @@ class EvaluationResult:
                 "random_order": self.random_curve,
                 "relevance_auc": self.relevance_auc,
                 "random_auc": self.random_auc,
+                "auc_gap": self.random_auc - self.relevance_auc,
             },
             "feature_utilization": {
                 "mask_share_positive": self.mask_share,

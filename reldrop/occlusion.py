@@ -9,16 +9,21 @@ finds most relevant:
 - ``reldrop-block``: one rectangle (random-erasing sizes: area ~ U(0.02, 0.4) * H * W, aspect
   log-uniform in [0.3, 1/0.3], clipped to the image) centred on one of the top-k relevant
   pixels (k = 1).
-- ``reldrop-patch``: ``k_patches`` (5) rectangles of 1/k_patches the area each, every centre drawn
-  from the top-k relevant pixels (default k: 2% of the pixels, at least k_patches; with the
-  reference's k = 1 every patch would land on the same spot).
+- ``reldrop-patch``: ``k_patches`` (1) rectangle of ``patch_area`` (1/5) the block's area,
+  centred on one of the top-k (5) relevant pixels, as the reference.
 - ``reldrop-points``: the pixel rule per point of an N x P x C cloud (alpha 0.5, beta 0.5, so
-  P(drop) = R̂), default fill ``duplicate``.
+  P(drop) = R̂), applied to every cloud (p 1) with the reference's fill ``zero``
+  (``duplicate``, which does not collapse dropped points onto the origin, is an option).
 - ``random-erasing`` (Zhong et al. 2020): the block sizes with a uniformly random centre.
 - ``random-pixel``: each element dropped with probability ``drop_rate``.
 
-Each strategy applies to a sample with probability ``p``. A sample whose relevance is
+A strategy applies with probability ``p``: per sample (``coin="sample"``) or with one coin for
+the whole batch (``coin="batch"``, the reference's block and patch). A sample whose relevance is
 non-finite or constant falls back to the random variant (same budget) and is counted.
+
+Randomness: a shared ``generator`` (draws depend on the batch), or per-sample ``seeds``
+(:mod:`reldrop.keyed`): then every draw for a sample depends on its seed alone. With
+``coin="batch"`` and seeds the batch's coin is drawn from the set of its seeds (order-free).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, NamedTuple
 import torch
 
 from reldrop.fills import FILLS, POINT_FILLS, FillParams, apply_fill
+from reldrop.keyed import sub_generator
 
 __all__ = [
     "STRATEGIES",
@@ -61,11 +67,13 @@ class OcclusionConfig:
     """Parameters of one occlusion strategy; ``None`` means the strategy's reference default."""
 
     strategy: str = "reldrop-pixel"
-    p: float = 0.5
+    p: float | None = None
+    coin: str | None = None
     alpha: float | None = None
     beta: float | None = None
     top_k: int | None = None
-    k_patches: int = 5
+    k_patches: int = 1
+    patch_area: float = 0.2
     area: tuple[float, float] = (0.02, 0.4)
     aspect: float = 0.3
     drop_rate: float = 0.25
@@ -79,9 +87,14 @@ class OcclusionConfig:
             raise ValueError(
                 f"strategy={self.strategy!r} is unknown; known strategies: {sorted(STRATEGIES)}"
             )
-        for name, default in STRATEGIES[self.strategy].defaults.items():
+        defaults = {"p": 0.5, "coin": "sample", **STRATEGIES[self.strategy].defaults}
+        for name, default in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        if self.coin not in ("sample", "batch"):
+            raise ValueError(f"coin={self.coin!r}; expected 'sample' or 'batch'")
+        if not 0.0 < self.patch_area <= 1.0:
+            raise ValueError(f"patch_area={self.patch_area!r}; expected in (0, 1]")
         for name in ("p", "alpha", "beta", "drop_rate"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= float(value) <= 1.0:
@@ -123,9 +136,40 @@ def _uniform(shape: tuple[int, ...], gen: torch.Generator | None) -> torch.Tenso
     return torch.rand(shape, generator=gen)
 
 
+class _Draws:
+    """Random numbers for one batch: from a shared generator, or per row from its own seed."""
+
+    def __init__(
+        self, n: int, generator: torch.Generator | None, seeds: torch.Tensor | None, purpose: str
+    ) -> None:
+        self.shared = generator
+        self.rows_gen: list[torch.Generator] | None = None
+        if seeds is not None:
+            seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu()
+            if seeds.shape != (n,):
+                raise ValueError(f"seeds has shape {tuple(seeds.shape)}; expected ({n},), one per sample")
+            self.rows_gen = [sub_generator(int(v), purpose) for v in seeds]
+
+    @property
+    def keyed(self) -> bool:
+        return self.rows_gen is not None
+
+    def gen(self, row: int) -> torch.Generator | None:
+        """The generator for ``row``'s draws."""
+        return self.shared if self.rows_gen is None else self.rows_gen[row]
+
+    def uniform(self, rows: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """len(rows) x shape uniforms, one block per row."""
+        if self.rows_gen is None:
+            return torch.rand((len(rows), *shape), generator=self.shared)
+        if not rows:
+            return torch.zeros((0, *shape))
+        return torch.stack([torch.rand(shape, generator=self.rows_gen[i]) for i in rows])
+
+
 def _pixel_rule(
     x: torch.Tensor, rel: torch.Tensor | None, applied: torch.Tensor, cfg: OcclusionConfig,
-    gen: torch.Generator | None,
+    draws: _Draws,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     assert rel is not None and cfg.alpha is not None and cfg.beta is not None
     shape = _element_shape(x)
@@ -134,7 +178,7 @@ def _pixel_rule(
     # CPU generator so results do not depend on the device
     r_hat, ok = _normalise(rel.detach())
     applied = applied.to(r_hat.device)
-    uniform = _uniform((n, f), gen).to(r_hat.device)
+    uniform = draws.uniform(list(range(n)), (f,)).to(r_hat.device)
     drop = cfg.alpha * uniform + (1 - cfg.alpha) * r_hat >= 1 - cfg.beta
     fallback = applied & ~ok
     if fallback.any():
@@ -144,8 +188,8 @@ def _pixel_rule(
             if usable.any()
             else cfg.drop_rate
         )
-        redraw = _uniform((int(fallback.sum()), f), gen).to(r_hat.device) < budget
-        drop[fallback] = redraw
+        # the same uniforms against the batch's mean drop probability (keyed draws stay per row)
+        drop[fallback] = uniform[fallback] < budget
     drop &= applied.unsqueeze(1)
     fallback = fallback.cpu()
     return drop.reshape(n, *shape), fallback
@@ -153,10 +197,10 @@ def _pixel_rule(
 
 def _random_pixel(
     x: torch.Tensor, rel: torch.Tensor | None, applied: torch.Tensor, cfg: OcclusionConfig,
-    gen: torch.Generator | None,
+    draws: _Draws,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     shape = _element_shape(x)
-    drop = _uniform((x.shape[0], *shape), gen) < cfg.drop_rate
+    drop = draws.uniform(list(range(x.shape[0])), shape) < cfg.drop_rate
     drop &= applied.cpu().view(-1, *([1] * len(shape)))
     return drop, torch.zeros(x.shape[0], dtype=torch.bool)
 
@@ -176,7 +220,7 @@ def _rectangle(
 
 def _erase(
     x: torch.Tensor, rel: torch.Tensor | None, applied: torch.Tensor, cfg: OcclusionConfig,
-    gen: torch.Generator | None, *, patches: int, guided: bool,
+    draws: _Draws, *, patches: int, guided: bool, scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     n, _, h, w = x.shape
     drop = torch.zeros(n, h, w, dtype=torch.bool)
@@ -189,6 +233,7 @@ def _erase(
         _, ok = _normalise(flat)
     top_k = cfg.top_k or 1
     for i in torch.nonzero(applied.cpu()).flatten().tolist():
+        gen = draws.gen(i)
         if guided and ok[i]:
             assert flat is not None
             candidates = flat[i].topk(min(top_k, h * w)).indices
@@ -201,7 +246,7 @@ def _erase(
             else:
                 centre = int(torch.randint(0, h * w, (1,), generator=gen))
             lo, hi = cfg.area
-            area = (lo + (hi - lo) * float(_uniform((1,), gen))) * h * w / patches
+            area = (lo + (hi - lo) * float(_uniform((1,), gen))) * h * w * scale
             rows, cols = _rectangle(centre // w, centre % w, area, cfg, h, w, gen)
             drop[i, rows, cols] = True
     return drop, fallback
@@ -211,22 +256,20 @@ def _element_shape(x: torch.Tensor) -> tuple[int, ...]:
     return (x.shape[2], x.shape[3]) if x.ndim == 4 else (x.shape[1],)
 
 
-def _block(x, rel, applied, cfg, gen):  # type: ignore[no-untyped-def]
-    return _erase(x, rel, applied, cfg, gen, patches=1, guided=True)
+def _block(x, rel, applied, cfg, draws):  # type: ignore[no-untyped-def]
+    return _erase(x, rel, applied, cfg, draws, patches=1, guided=True)
 
 
-def _patch(x, rel, applied, cfg, gen):  # type: ignore[no-untyped-def]
-    if cfg.top_k is None:
-        h, w = x.shape[2], x.shape[3]
-        cfg = replace(cfg, top_k=max(cfg.k_patches, round(0.02 * h * w)))
-    return _erase(x, rel, applied, cfg, gen, patches=cfg.k_patches, guided=True)
+def _patch(x, rel, applied, cfg, draws):  # type: ignore[no-untyped-def]
+    return _erase(x, rel, applied, cfg, draws, patches=cfg.k_patches, guided=True,
+                  scale=cfg.patch_area)
 
 
-def _random_erasing(x, rel, applied, cfg, gen):  # type: ignore[no-untyped-def]
-    return _erase(x, rel, applied, cfg, gen, patches=1, guided=False)
+def _random_erasing(x, rel, applied, cfg, draws):  # type: ignore[no-untyped-def]
+    return _erase(x, rel, applied, cfg, draws, patches=1, guided=False)
 
 
-def _none(x, rel, applied, cfg, gen):  # type: ignore[no-untyped-def]
+def _none(x, rel, applied, cfg, draws):  # type: ignore[no-untyped-def]
     n = x.shape[0]
     return torch.zeros(n, *_element_shape(x), dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
 
@@ -235,10 +278,10 @@ _IMAGE = ("image",)
 STRATEGIES: dict[str, _Strategy] = {
     "none": _Strategy(_none, False, ("image", "points"), {"fill": "zero"}),
     "reldrop-pixel": _Strategy(_pixel_rule, True, _IMAGE, {"alpha": 0.3, "beta": 0.5, "fill": "zero"}),
-    "reldrop-block": _Strategy(_block, True, _IMAGE, {"top_k": 1, "fill": "zero"}),
-    "reldrop-patch": _Strategy(_patch, True, _IMAGE, {"fill": "zero"}),
+    "reldrop-block": _Strategy(_block, True, _IMAGE, {"top_k": 1, "fill": "zero", "coin": "batch"}),
+    "reldrop-patch": _Strategy(_patch, True, _IMAGE, {"top_k": 5, "fill": "zero", "coin": "batch"}),
     "reldrop-points": _Strategy(
-        _pixel_rule, True, ("points",), {"alpha": 0.5, "beta": 0.5, "fill": "duplicate"}
+        _pixel_rule, True, ("points",), {"alpha": 0.5, "beta": 0.5, "fill": "zero", "p": 1.0}
     ),
     "random-erasing": _Strategy(_random_erasing, False, _IMAGE, {"fill": "zero"}),
     "random-pixel": _Strategy(_random_pixel, False, ("image", "points"), {"fill": "zero"}),
@@ -265,11 +308,25 @@ class Occluder:
     def needs_relevance(self) -> bool:
         return self._strategy.needs_relevance
 
-    def select(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Which of ``n`` samples to occlude (each with probability ``p``)."""
+    def select(
+        self, n: int, generator: torch.Generator | None = None, *, seeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Which of ``n`` samples to occlude: each with probability ``p`` (``coin="sample"``) or
+        all or none (``coin="batch"``). With ``seeds`` a sample's coin is its own seed's draw
+        (batch coin: the draw of a seed hashed from the set of the batch's seeds)."""
         if self.config.strategy == "none":
             return torch.zeros(n, dtype=torch.bool)
-        return _uniform((n,), generator) < self.config.p
+        assert self.config.p is not None
+        if seeds is None:
+            if self.config.coin == "batch":
+                return (_uniform((1,), generator) < self.config.p).expand(n).clone()
+            return _uniform((n,), generator) < self.config.p
+        seeds = torch.as_tensor(seeds, dtype=torch.int64).cpu()
+        if self.config.coin == "batch":
+            batch_seed = int(torch.sort(seeds).values.sum()) if n else 0
+            batch_seed = int(_uniform((1,), sub_generator(batch_seed, "coin")) * 2**62)
+            seeds = torch.full((n,), batch_seed, dtype=torch.int64)
+        return _Draws(n, None, seeds, "coin").uniform(list(range(n)), ())  < self.config.p
 
     def drop_mask(
         self,
@@ -278,6 +335,7 @@ class Occluder:
         *,
         applied: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which elements to drop (bool N x H x W or N x P) and which samples fell back."""
         from reldrop.relevance import check_inputs  # noqa: PLC0415 (avoid a cycle at import)
@@ -290,7 +348,7 @@ class Occluder:
             )
         n = inputs.shape[0]
         if applied is None:
-            applied = self.select(n, generator)
+            applied = self.select(n, generator, seeds=seeds)
         if applied.shape != (n,) or applied.dtype != torch.bool:
             raise ValueError(f"applied must be a bool tensor of shape ({n},)")
         if self.needs_relevance:
@@ -301,7 +359,8 @@ class Occluder:
                     f"strategy {self.config.strategy!r} needs relevance of shape {expected}, "
                     f"got {got}"
                 )
-        dropped, fallback = self._strategy.fn(inputs, relevance, applied, self.config, generator)
+        draws = _Draws(n, generator, seeds, "mask")
+        dropped, fallback = self._strategy.fn(inputs, relevance, applied, self.config, draws)
         return dropped.to(inputs.device), fallback
 
     def fill(
@@ -309,10 +368,21 @@ class Occluder:
         inputs: torch.Tensor,
         dropped: torch.Tensor,
         generator: torch.Generator | None = None,
+        *,
+        seeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Replace the ``dropped`` elements of ``inputs`` with this strategy's fill."""
+        """Replace the ``dropped`` elements of ``inputs`` with this strategy's fill (random
+        fills draw per row from ``seeds`` when given)."""
         assert self.config.fill is not None
-        return apply_fill(inputs, dropped.to(inputs.device), self.config.fill, self._fill, generator)
+        dropped = dropped.to(inputs.device)
+        if seeds is None or self.config.fill not in ("noise", "duplicate"):
+            return apply_fill(inputs, dropped, self.config.fill, self._fill, generator)
+        draws = _Draws(inputs.shape[0], None, seeds, "fill")
+        out = inputs.clone()
+        for i in torch.nonzero(dropped.reshape(inputs.shape[0], -1).any(1)).flatten().tolist():
+            out[i : i + 1] = apply_fill(inputs[i : i + 1], dropped[i : i + 1], self.config.fill,
+                                        self._fill, draws.gen(i))
+        return out
 
     def __call__(
         self,
@@ -321,11 +391,15 @@ class Occluder:
         *,
         applied: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        seeds: torch.Tensor | None = None,
     ) -> OcclusionResult:
         """Occlude ``inputs``; ``relevance`` (N x H x W or N x P) is needed by RelDrop variants
-        for the rows in ``applied`` (other rows are ignored)."""
+        for the rows in ``applied`` (other rows are ignored). ``seeds`` (int64, one per sample,
+        :func:`reldrop.keyed.sample_seeds`) make every draw a function of the sample's seed."""
         if applied is None:
-            applied = self.select(inputs.shape[0], generator)
-        dropped, fallback = self.drop_mask(inputs, relevance, applied=applied, generator=generator)
-        out = self.fill(inputs, dropped, generator)
+            applied = self.select(inputs.shape[0], generator, seeds=seeds)
+        dropped, fallback = self.drop_mask(
+            inputs, relevance, applied=applied, generator=generator, seeds=seeds
+        )
+        out = self.fill(inputs, dropped, generator, seeds=seeds)
         return OcclusionResult(out, dropped, applied.to(inputs.device), fallback)

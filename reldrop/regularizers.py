@@ -4,21 +4,31 @@ A regularizer is a callable ``(model, inputs, targets, masks) -> RegularizedLoss
 are normalised N x C x H x W floats, ``targets`` class indices, ``masks`` N x H x W (1 = region
 of interest, e.g. the digit) or ``None``. ``loss`` is what the trainer backpropagates; ``ce``,
 ``penalty`` and ``logits`` are for logging and accuracy. ``m`` is the mask, ``o = 1 - m``.
+Every regularizer works with any ``nn.Module`` returning logits; after ``loss.backward()`` the
+trainer calls :meth:`Regularizer.clip_gradients` (a no-op unless the method clips, as ISNet).
+
+Defaults follow each method's reference code; every deviation is a named option:
 
 - ``none``: cross-entropy.
-- ``gradmask`` (Simpson et al. 2019, arXiv 1904.07478): CE + lambda * sum |d y_t / dx * o|.
+- ``gradmask`` (Simpson et al. 2019, arXiv 1904.07478; the L1 form of Viviano et al. 2019):
+  CE + lambda * sum_batch sum |d c / dx * o| with the logit **contrast**
+  c = y_t - logsumexp_{k != t} y_k (for two classes y_t - y_other: the reference's
+  d|y0 - y1|/dx up to a sign the L1 norm drops). ``target="true-class"`` uses y_t alone (misses a
+  shortcut that drives only another logit); ``form="original"`` is GradMask's own code: the
+  squared term, on samples with a non-empty mask only, lambda ramped up linearly.
 - ``rrr`` (Ross et al. 2017, "Right for the right reasons", IJCAI):
-  CE + lambda * sum (d sum_k log p_k / dx * o)^2.
-- ``actdiff`` (Viviano et al. 2019, arXiv 1912.01042): CE + lambda * ||h(x) - h(x~)||_2, x~ = x
-  with its out-of-mask pixels randomly permuted, h = ``model.embed``.
-- ``isnet`` (Bassi et al. 2024, Nat. Commun. 15:291): (1 - P) CE + P * ISNet heatmap loss on a
-  differentiable LRP-epsilon heatmap (see :func:`lrp_heatmap`); ``lam`` is P.
-- ``classify-masked``: CE on :func:`mask_inputs` (the out-of-mask pixels set to the mean).
+  CE + lambda * sum (d sum_k log p_k / dx * o)^2 (per sample, averaged over the batch).
+- ``actdiff`` (Viviano et al. 2019, arXiv 1910.00199): CE + lambda * mean ||h(x) - h(x~)||_2,
+  x~ = x with its out-of-mask pixels randomly permuted, h = the penultimate features
+  (:func:`penultimate_and_logits`).
+- ``isnet`` (Bassi et al. 2024, Nat. Commun. 15:291): (1 - P) CE + P * ISNet heatmap loss on
+  differentiable LRP heatmaps of every class (see :func:`lrp_heatmap`); ``lam`` is P; gradient
+  norm clipped at 1.0.
+- ``classify-masked``: CE on :func:`mask_inputs` with the background set to black (pixel 0).
 
-Penalties are per-sample sums over channels and pixels, averaged over the batch. The default
-lambdas (``Regularizer.default_lambda``) bring each penalty to the order of the CE at the start
-of training of the small CNN on 28 x 28 inputs normalised with std 0.5; they scale with the
-number of pixels (gradmask, rrr) and with 1 / std (gradmask) or 1 / std^2 (rrr).
+Regularizers that need the input range (``classify-masked``'s black, ISNet's z^B first layer)
+take ``bounds=(low, high)``: the normalised values of pixel 0 and 1 (``Normalization.bounds()``);
+without it they use the per-channel minimum and maximum of the batch.
 """
 
 from __future__ import annotations
@@ -45,9 +55,11 @@ __all__ = [
     "Regularizer",
     "check_masks",
     "isnet_heatmap_loss",
+    "logit_contrast",
     "lrp_heatmap",
     "make_regularizer",
     "mask_inputs",
+    "penultimate_and_logits",
     "register_regularizer",
     "shuffle_outside",
 ]
@@ -85,9 +97,26 @@ def check_masks(
     return (masks != 0).to(inputs.dtype)
 
 
-def mask_inputs(inputs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``x * m`` in the space the model sees: out-of-mask pixels become 0 (= the data mean)."""
-    return inputs * check_masks(masks, inputs).unsqueeze(1)
+def mask_inputs(
+    inputs: torch.Tensor, masks: torch.Tensor, background: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """``m * x + (1 - m) * background`` in the space the model sees (``background`` a scalar or
+    broadcastable per channel, e.g. 1 x C x 1 x 1; 0 = the data mean)."""
+    m = check_masks(masks, inputs).unsqueeze(1)
+    return inputs * m + (1 - m) * background
+
+
+def _low_high(
+    inputs: torch.Tensor, bounds: tuple[float, float] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) as 1 x C x 1 x 1 tensors: ``bounds`` or the batch's per-channel min / max."""
+    if bounds is not None:
+        low = torch.full((1, inputs.shape[1], 1, 1), float(bounds[0]), dtype=inputs.dtype)
+        high = torch.full((1, inputs.shape[1], 1, 1), float(bounds[1]), dtype=inputs.dtype)
+        return low.to(inputs.device), high.to(inputs.device)
+    flat = inputs.detach().transpose(0, 1).reshape(inputs.shape[1], -1)
+    shape = (1, -1, 1, 1)
+    return flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
 
 
 def shuffle_outside(
@@ -111,26 +140,39 @@ def shuffle_outside(
     return out.reshape(n, c, h, w)
 
 
-def _embed_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _last_linear(model: nn.Module) -> nn.Linear:
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise TypeError(
+            f"{type(model).__name__} has no forward(x, return_embedding=True) and no nn.Linear "
+            "layer; actdiff needs penultimate features: add return_embedding to its forward"
+        )
+    return last
+
+
+def penultimate_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features and logits in one pass through ``model``'s own forward (so a DDP
-    wrapper still synchronises gradients); models without ``return_embedding`` fall back to
-    ``embed`` + ``head``/``fc``."""
+    wrapper still synchronises gradients).
+
+    Models whose ``forward(x, return_embedding=True)`` returns ``(logits, features)`` (every
+    model in :mod:`reldrop.models`) give their own features; any other ``nn.Module`` gives the
+    (flattened) input of its last ``nn.Linear``, captured by a forward hook.
+    """
     try:
         logits, h = model(x, return_embedding=True)
         return h, logits
     except TypeError:
         pass
-    inner = model if hasattr(model, "embed") else getattr(model, "module", model)
-    embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "embed", None)
-    head: Callable[[torch.Tensor], torch.Tensor] | None = getattr(inner, "head", None)
-    if head is None:
-        head = getattr(inner, "fc", None)
-    if not callable(embed) or head is None:
-        raise TypeError(
-            f"{type(inner).__name__} needs embed(x) and a head (or fc) layer for actdiff"
-        )
-    h = embed(x)
-    return h, head(h)
+    captured: list[torch.Tensor] = []
+    handle = _last_linear(model).register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    return captured[-1].flatten(1), logits
 
 
 # --- differentiable LRP for the ISNet loss -----------------------------------------------------
@@ -213,6 +255,58 @@ def _lrp_mode(model: nn.Module, eps: float, bn_stats: str, phase: _Phase) -> Ite
             setattr(module, attr, value)
 
 
+def _first_layers(model: nn.Module) -> tuple[nn.Conv2d | nn.Linear, nn.Module | None]:
+    """The first ``nn.Conv2d`` / ``nn.Linear`` and the BatchNorm right after it (or None)."""
+    modules = list(model.modules())
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            after = modules[i + 1] if i + 1 < len(modules) else None
+            bn = after if isinstance(after, nn.modules.batchnorm._BatchNorm) else None
+            return module, bn
+    raise TypeError(f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer for the z^B rule")
+
+
+def _merged_weight(
+    layer: nn.Conv2d | nn.Linear, bn: nn.Module | None, layer_out: torch.Tensor, bn_stats: str
+) -> torch.Tensor:
+    """The first layer's weight with a following BatchNorm merged in (statistics constant)."""
+    if bn is None:
+        return layer.weight
+    norm: nn.modules.batchnorm._BatchNorm = bn  # type: ignore[assignment]
+    if bn_stats == "batch" and norm.training:
+        dims = [0] + list(range(2, layer_out.ndim))
+        var = layer_out.detach().var(dim=dims, unbiased=False)
+    else:
+        assert norm.running_var is not None
+        var = norm.running_var
+    scale = 1 / torch.sqrt(var + norm.eps)
+    if norm.affine:
+        scale = scale * norm.weight
+    return layer.weight * scale.view(-1, *([1] * (layer.weight.ndim - 1)))
+
+
+def _apply_weight(layer: nn.Conv2d | nn.Linear, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, weight, None)
+    return F.linear(x, weight)
+
+
+def _zb_relevance(
+    layer: nn.Conv2d | nn.Linear, weight: torch.Tensor, x: torch.Tensor,
+    out_relevance: torch.Tensor, low: torch.Tensor, high: torch.Tensor, stabilizer: float = 1e-9,
+) -> torch.Tensor:
+    """z^B rule (Montavon et al. 2017) through ``layer`` with ``weight``: R_i = sum_j (x_i w_ij
+    - l_i w+_ij - h_i w-_ij) / z^B_j R_j, differentiable in the parameters (no bias)."""
+    lo = low.expand_as(x).detach().requires_grad_(True)
+    hi = high.expand_as(x).detach().requires_grad_(True)
+    zb = _apply_weight(layer, x, weight) - _apply_weight(layer, lo, weight.clamp(min=0)) - (
+        _apply_weight(layer, hi, weight.clamp(max=0))
+    )
+    s = out_relevance / (zb + stabilizer)
+    gx, gl, gh = torch.autograd.grad(zb, (x, lo, hi), grad_outputs=s, create_graph=True)
+    return x * gx + lo * gl + hi * gh
+
+
 def lrp_heatmap(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -220,40 +314,86 @@ def lrp_heatmap(
     *,
     eps: float = 1e-2,
     bn_stats: Literal["batch", "running"] = "batch",
+    first_layer: Literal["zb", "epsilon"] = "epsilon",
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable LRP-epsilon heatmap (N x H x W, summed over channels) and the logits.
 
     Computed as gradient x input with every ``nn.ReLU``'s gradient scaled by a / (a + eps),
     which equals LRP-epsilon for ReLU networks (max-pool: winner takes all; average pool and
     residual sums: proportional, as zennit's Norm rule; BatchNorm merged into the preceding
-    layer, as zennit's canonizers do). The first layer uses the same rule (no Flat / z^B), the
-    output layer LRP-0. ``create_graph=True`` keeps the graph, so a loss on the heatmap trains
-    the parameters. zennit's hooks are not used: their rules run on ``param.data`` copies, so no
-    gradient reaches a layer's own weights through its relevance (checked: the last layer's
-    gradient is ``None``), and in train mode the BatchNorm merge mixes running and batch
-    statistics.
+    layer, as zennit's canonizers do). The output layer is LRP-0. The first layer
+    (the first ``nn.Conv2d`` / ``nn.Linear``, which must take ``inputs`` directly) uses the same
+    rule (``first_layer="epsilon"``) or z^B with the input range ``bounds`` (default: the
+    batch's per-channel min / max), as the ISNet reference. ``create_graph=True`` keeps the
+    graph, so a loss on the heatmap trains the parameters. zennit's hooks are not used: their
+    rules run on ``param.data`` copies, so no gradient reaches a layer's own weights through its
+    relevance, and in train mode the BatchNorm merge mixes running and batch statistics.
 
     BatchNorm: ``bn_stats="batch"`` (default, as the ISNet reference code) merges the
     statistics of the current batch when the module is training (running ones in eval),
-    treated as constants; ``"running"`` always merges the running statistics (what
-    :func:`reldrop.relevance.relevance` explains at evaluation time). Either way this extra
-    forward does not update the running statistics.
+    treated as constants; ``"running"`` always merges the running statistics. Either way this
+    extra forward does not update the running statistics.
     """
     if bn_stats not in ("batch", "running"):
         raise ValueError(f"bn_stats={bn_stats!r}; expected 'batch' or 'running'")
+    if first_layer not in ("zb", "epsilon"):
+        raise ValueError(f"first_layer={first_layer!r}; expected 'zb' or 'epsilon'")
     if eps <= 0:
         raise ValueError(f"eps={eps}; expected > 0")
     x = inputs if inputs.requires_grad else inputs.detach().requires_grad_(True)
     phase = _Phase()
     with torch.enable_grad(), _lrp_mode(model, eps, bn_stats, phase):
+        if first_layer == "epsilon":
+            logits = model(x)
+            phase.explaining = True
+            try:
+                chosen = logits.gather(1, targets.view(-1, 1)).sum()
+                (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
+            finally:
+                phase.explaining = False
+            return (grad * x).sum(dim=1), logits
+        return _zb_heatmap(model, x, targets, eps, bn_stats, phase, bounds)
+
+
+def _zb_heatmap(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, eps: float, bn_stats: str,
+    phase: _Phase, bounds: tuple[float, float] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lrp_heatmap` with z^B on the first layer (+ its BatchNorm), which must be followed
+    by a ReLU: the relevance reaching that ReLU's output is R = a * dy/da, recovered from the
+    epsilon-scaled gradient g at its input as g * (a + eps)."""
+    layer, bn = _first_layers(model)
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_layer(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen["in"], seen["layer"] = inp[0], out
+
+    def keep_out(module: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen["out"] = out  # registered after _lrp_mode's BatchNorm hook: sees its output
+
+    handles = [layer.register_forward_hook(keep_layer),
+               (bn if bn is not None else layer).register_forward_hook(keep_out)]
+    try:
         logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    first_in, out = seen["in"], seen["out"]
+    if first_in.numel() != x.numel():
+        raise TypeError("first_layer='zb' needs the first Conv2d/Linear to see the model input "
+                        "(or a reshape of it); use first_layer='epsilon'")
+    phase.explaining = True
+    try:
         chosen = logits.gather(1, targets.view(-1, 1)).sum()
-        phase.explaining = True
-        try:
-            (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
-        finally:
-            phase.explaining = False
-    return (grad * x).sum(dim=1), logits
+        (g,) = torch.autograd.grad(chosen, out, create_graph=True)
+    finally:
+        phase.explaining = False
+    relevance = g * (out.clamp(min=0) + eps)
+    weight = _merged_weight(layer, bn, seen["layer"], bn_stats)
+    low, high = (v.expand_as(x).reshape(first_in.shape) for v in _low_high(x, bounds))
+    rel = _zb_relevance(layer, weight, first_in, relevance, low, high).reshape(x.shape)
+    return rel.sum(dim=1), logits
 
 
 def _gwrp(values: torch.Tensor, d: float) -> torch.Tensor:
@@ -269,7 +409,7 @@ def isnet_heatmap_loss(
     *,
     E: float = 1.0,
     A: float = 1.0,
-    B: float = 1.0,
+    B: float = 3.0,
     C1: float = 1.0,
     C2: float = 25.0,
     d: float = 0.9,
@@ -280,8 +420,8 @@ def isnet_heatmap_loss(
     Background: |R| divided by its in-mask mean, its out-of-mask part pooled by GWRP (decay
     ``d``; d -> 1 is the plain mean) to b, loss ``A * log(1 + b / E)``. Foreground: F = sum of
     in-mask |R| (raw, in logit units) is kept within [C1, C2] by
-    ``B * (relu(C1 - F)^2 / C1^2 + relu(F - C2)^2 / C2^2)`` so the background term cannot be
-    met by shrinking every relevance (the reference code leaves the upper term unnormalised).
+    ``B * (relu(C1 - F)^2 + relu(F - C2)^2) / C1^2`` (both terms over C1^2, as the reference
+    code) so the background term cannot be met by shrinking every relevance.
     """
     n = heatmap.shape[0]
     r = heatmap.abs().reshape(n, -1)
@@ -291,7 +431,7 @@ def isnet_heatmap_loss(
     b = _gwrp(normalised * (1 - m), d)
     background = torch.log1p(b / E)
     fg = (r * m).sum(1)
-    foreground = F.relu(C1 - fg) ** 2 / C1**2 + F.relu(fg - C2) ** 2 / C2**2
+    foreground = (F.relu(C1 - fg) ** 2 + F.relu(fg - C2) ** 2) / C1**2
     return (A * background + B * foreground).mean()
 
 
@@ -313,13 +453,22 @@ def register_regularizer(name: str) -> Callable[[type[Regularizer]], type[Regula
 
 
 class Regularizer:
-    """Base: validates the batch, then computes :meth:`compute`. ``lam`` None = the default."""
+    """Base: validates the batch, then computes :meth:`compute`. ``lam`` None = the default.
+
+    ``bounds`` = (low, high) normalised input range, used where a method needs it.
+    ``clip_grad_norm``: the trainer calls :meth:`clip_gradients` after ``backward`` (None: no
+    clipping, the default but for ISNet, whose reference clips at 1.0).
+    """
 
     name: ClassVar[str] = ""
     requires_masks: ClassVar[bool] = True
     default_lambda: ClassVar[float | None] = None
+    default_clip: ClassVar[float | None] = None
 
-    def __init__(self, *, lam: float | None = None) -> None:
+    def __init__(
+        self, *, lam: float | None = None, bounds: tuple[float, float] | None = None,
+        clip_grad_norm: float | None | Literal["default"] = "default",
+    ) -> None:
         if self.default_lambda is None:
             if lam is not None:
                 warnings.warn(
@@ -330,9 +479,23 @@ class Regularizer:
             self.lam = float(self.default_lambda if lam is None else lam)
             if not self.lam >= 0:
                 raise ValueError(f"lam={lam} for regularizer {self.name!r}; expected >= 0")
+        if bounds is not None and not float(bounds[0]) < float(bounds[1]):
+            raise ValueError(f"bounds={bounds!r}; expected (low, high) with low < high")
+        self.bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+        clip = self.default_clip if clip_grad_norm == "default" else clip_grad_norm
+        if clip is not None and not float(clip) > 0:
+            raise ValueError(f"clip_grad_norm={clip_grad_norm!r}; expected > 0 or None")
+        self.clip_grad_norm = None if clip is None else float(clip)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, lam={self.lam})"
+
+    def clip_gradients(self, model: nn.Module) -> float | None:
+        """Clip the parameter gradients' total norm to ``clip_grad_norm`` (call after backward);
+        returns the norm before clipping, or None when this method does not clip."""
+        if self.clip_grad_norm is None:
+            return None
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip_grad_norm))
 
     def __call__(
         self,
@@ -367,9 +530,10 @@ class Regularizer:
         raise NotImplementedError
 
     def _combine(
-        self, ce: torch.Tensor, penalty: torch.Tensor, logits: torch.Tensor
+        self, ce: torch.Tensor, penalty: torch.Tensor, logits: torch.Tensor, lam: float | None = None
     ) -> RegularizedLoss:
-        return RegularizedLoss(loss=ce + self.lam * penalty, ce=ce, penalty=penalty, logits=logits)
+        weight = self.lam if lam is None else lam
+        return RegularizedLoss(loss=ce + weight * penalty, ce=ce, penalty=penalty, logits=logits)
 
 
 def _input_grad(
@@ -380,6 +544,14 @@ def _input_grad(
     logits = model(x)
     (grad,) = torch.autograd.grad(score(logits), x, create_graph=True)
     return logits, grad
+
+
+def logit_contrast(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sample c = y_t - logsumexp_{k != t} y_k (= log p_t - log(1 - p_t)); for two classes
+    y_t - y_other, the contrast of the GradMask reference."""
+    true = logits.gather(1, targets.view(-1, 1)).squeeze(1)
+    others = logits.scatter(1, targets.view(-1, 1), float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
 
 
 @register_regularizer("none")
@@ -396,27 +568,57 @@ class NoRegularizer(Regularizer):
 
 @register_regularizer("gradmask")
 class GradMask(Regularizer):
-    """GradMask (Simpson et al. 2019) with the true-class logit for K classes.
+    """GradMask (Simpson et al. 2019) in Viviano et al.'s L1 form, on the logit contrast.
 
-    Default lambda 1: the paper gives no transferable value (the weight is tuned per task).
+    ``target``: ``"contrast"`` (default, :func:`logit_contrast`) or ``"true-class"`` (y_t).
+    ``form``: ``"l1"`` (default: sum over the batch of sum |s * o|) or ``"original"`` (GradMask's
+    code: sum over the batch of sum (s * o)^2, only samples with a non-empty mask, lambda ramped
+    linearly from 0 over the first ``ramp_steps`` calls). Default lambda 1: the papers tune it
+    per task, no transferable value exists.
     """
 
     default_lambda = 1.0
 
+    def __init__(
+        self, *, lam: float | None = None, target: Literal["contrast", "true-class"] = "contrast",
+        form: Literal["l1", "original"] = "l1", ramp_steps: int = 1000, **base: Any,
+    ) -> None:
+        super().__init__(lam=lam, **base)
+        if target not in ("contrast", "true-class"):
+            raise ValueError(f"gradmask target={target!r}; expected 'contrast' or 'true-class'")
+        if form not in ("l1", "original"):
+            raise ValueError(f"gradmask form={form!r}; expected 'l1' or 'original'")
+        if ramp_steps < 1:
+            raise ValueError(f"gradmask ramp_steps={ramp_steps}; expected >= 1")
+        self.target, self.form, self.ramp_steps = target, form, ramp_steps
+        self.steps = 0
+
     def compute(self, model, inputs, targets, masks):  # type: ignore[no-untyped-def]
         assert masks is not None
-        logits, s = _input_grad(model, inputs, lambda y: y.gather(1, targets.view(-1, 1)).sum())
-        penalty = (s * (1 - masks).unsqueeze(1)).abs().sum(dim=(1, 2, 3)).mean()
-        return self._combine(F.cross_entropy(logits, targets), penalty, logits)
+        if self.target == "contrast":
+            def score(y: torch.Tensor) -> torch.Tensor:
+                return logit_contrast(y, targets).sum()
+        else:
+            def score(y: torch.Tensor) -> torch.Tensor:
+                return y.gather(1, targets.view(-1, 1)).sum()
+        logits, s = _input_grad(model, inputs, score)
+        outside = s * (1 - masks).unsqueeze(1)
+        ce = F.cross_entropy(logits, targets)
+        if self.form == "l1":
+            return self._combine(ce, outside.abs().sum(), logits)
+        positive = (masks.flatten(1).sum(1) > 0).to(s.dtype)
+        penalty = (outside.pow(2).sum(dim=(1, 2, 3)) * positive).sum()
+        self.steps += 1
+        return self._combine(ce, penalty, logits, self.lam * min(1.0, self.steps / self.ramp_steps))
 
 
 @register_regularizer("rrr")
 class RRR(Regularizer):
-    """Right for the Right Reasons (Ross et al. 2017).
+    """Right for the Right Reasons (Ross et al. 2017): the squared out-of-mask input gradient of
+    the summed log-probabilities, per sample, averaged over the batch (the batch-mean CE keeps
+    the reference's ratio of summed CE to summed penalty).
 
-    Default lambda 1000, the paper's value (there with [0, 1] pixels and an MLP). For the
-    untrained small CNN on std-0.5 inputs the penalty starts near 1e-3, so 1000 puts it at
-    about half the CE; it grows as the input gradients sharpen during training.
+    Default lambda 1000, the paper's value (there with [0, 1] pixels and an MLP).
     """
 
     default_lambda = 1000.0
@@ -430,16 +632,17 @@ class RRR(Regularizer):
 
 @register_regularizer("actdiff")
 class ActDiff(Regularizer):
-    """Activation difference (Viviano et al. 2019): penultimate features invariant to the
-    out-of-mask pixels, which are shuffled per sample (seeded generator ``seed``).
+    """Activation difference (Viviano et al. 2019): penultimate features
+    (:func:`penultimate_and_logits`) invariant to the out-of-mask pixels, which are shuffled
+    per sample (generator seeded with ``seed``); penalty = batch mean of ||h(x) - h(x~)||_2.
 
     Default lambda 1 (the paper tunes it; with ~1-scale features the penalty starts near 1).
     """
 
     default_lambda = 1.0
 
-    def __init__(self, *, lam: float | None = None, seed: int | None = 0) -> None:
-        super().__init__(lam=lam)
+    def __init__(self, *, lam: float | None = None, seed: int | None = 0, **base: Any) -> None:
+        super().__init__(lam=lam, **base)
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -448,8 +651,9 @@ class ActDiff(Regularizer):
 
     def compute(self, model, inputs, targets, masks):  # type: ignore[no-untyped-def]
         assert masks is not None
-        h, logits = _embed_and_logits(model, inputs)
-        h_shuffled, _ = _embed_and_logits(model, shuffle_outside(inputs, masks, self.generator))
+        h, logits = penultimate_and_logits(model, inputs)
+        shuffled = shuffle_outside(inputs, masks, self.generator)
+        h_shuffled, _ = penultimate_and_logits(model, shuffled)
         penalty = (h - h_shuffled).flatten(1).norm(dim=1).mean()
         return self._combine(F.cross_entropy(logits, targets), penalty, logits)
 
@@ -458,12 +662,15 @@ class ActDiff(Regularizer):
 class ISNet(Regularizer):
     """ISNet heatmap loss (Bassi et al. 2024): ``(1 - P) CE + P * heatmap_loss``; ``lam`` is P.
 
-    The heatmap is the true-class LRP-epsilon map of :func:`lrp_heatmap` (eps 1e-2 as the
-    ISNet code; ``bn_stats`` documents BatchNorm); the loss is :func:`isnet_heatmap_loss`.
-    Defaults are the paper's: P 0.7, E 1, A 1, B 1, C1 1, C2 25, GWRP decay 0.9.
+    Defaults are the reference code's: P 0.7, E 1, A 1, B 3, C1 1, C2 25, GWRP decay 0.9, the
+    heatmaps of **all** classes penalised (``classes="label"``: the true class only), z^B on
+    the first layer (``first_layer="epsilon"``: the epsilon rule there too), LRP eps 1e-2,
+    gradient norm clipped at 1.0 (``clip_grad_norm``). Heatmaps: :func:`lrp_heatmap`; loss:
+    :func:`isnet_heatmap_loss`, averaged over samples and classes.
     """
 
     default_lambda = 0.7
+    default_clip = 1.0
 
     def __init__(
         self,
@@ -471,30 +678,42 @@ class ISNet(Regularizer):
         lam: float | None = None,
         E: float = 1.0,
         A: float = 1.0,
-        B: float = 1.0,
+        B: float = 3.0,
         C1: float = 1.0,
         C2: float = 25.0,
         d: float = 0.9,
         eps: float = 1e-2,
+        classes: Literal["all", "label"] = "all",
+        first_layer: Literal["zb", "epsilon"] = "zb",
         bn_stats: Literal["batch", "running"] = "batch",
+        **base: Any,
     ) -> None:
-        super().__init__(lam=lam)
+        super().__init__(lam=lam, **base)
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam (P) = {self.lam} for regularizer 'isnet'; expected in [0, 1]")
         if E <= 0 or not 0 < C1 < C2 or not 0 < d <= 1:
             raise ValueError(f"isnet needs E > 0, 0 < C1 < C2 and 0 < d <= 1; got {E}, {C1}, "
                              f"{C2}, {d}")
-        if bn_stats not in ("batch", "running"):
-            raise ValueError(f"bn_stats={bn_stats!r}; expected 'batch' or 'running'")
+        if bn_stats not in ("batch", "running") or classes not in ("all", "label"):
+            raise ValueError(f"bn_stats={bn_stats!r}, classes={classes!r}; expected "
+                             "'batch'|'running' and 'all'|'label'")
         self.params = {"E": E, "A": A, "B": B, "C1": C1, "C2": C2, "d": d}
         self.eps = eps
+        self.classes = classes
+        self.first_layer: Literal["zb", "epsilon"] = first_layer
         self.bn_stats: Literal["batch", "running"] = bn_stats
 
     def compute(self, model, inputs, targets, masks):  # type: ignore[no-untyped-def]
         assert masks is not None
         logits = model(inputs)
-        heatmap, _ = lrp_heatmap(model, inputs, targets, eps=self.eps, bn_stats=self.bn_stats)
-        penalty = isnet_heatmap_loss(heatmap, masks, **self.params)
+        x, t, m = inputs, targets, masks
+        if self.classes == "all":
+            k = logits.shape[1]
+            x, m = inputs.repeat(k, 1, 1, 1), masks.repeat(k, 1, 1)
+            t = torch.arange(k, device=inputs.device).repeat_interleave(inputs.shape[0])
+        heatmap, _ = lrp_heatmap(model, x, t, eps=self.eps, bn_stats=self.bn_stats,
+                                 first_layer=self.first_layer, bounds=self.bounds)
+        penalty = isnet_heatmap_loss(heatmap, m, **self.params)
         ce = F.cross_entropy(logits, targets)
         loss = (1 - self.lam) * ce + self.lam * penalty
         return RegularizedLoss(loss=loss, ce=ce, penalty=penalty, logits=logits)
@@ -503,11 +722,22 @@ class ISNet(Regularizer):
 @register_regularizer("classify-masked")
 class ClassifyMasked(Regularizer):
     """Cross-entropy on :func:`mask_inputs` (a data transform; no weight). ``logits`` are those
-    of the masked inputs."""
+    of the masked inputs. ``background="black"`` (default, the reference: pixel 0, the low end
+    of ``bounds``) or ``"mean"`` (0 in model space, the data mean)."""
+
+    def __init__(
+        self, *, lam: float | None = None, background: Literal["black", "mean"] = "black",
+        **base: Any,
+    ) -> None:
+        super().__init__(lam=lam, **base)
+        if background not in ("black", "mean"):
+            raise ValueError(f"classify-masked background={background!r}; expected 'black' or 'mean'")
+        self.background = background
 
     def compute(self, model, inputs, targets, masks):  # type: ignore[no-untyped-def]
         assert masks is not None
-        logits = model(inputs * masks.unsqueeze(1))
+        fill = _low_high(inputs, self.bounds)[0] if self.background == "black" else 0.0
+        logits = model(mask_inputs(inputs, masks, fill))
         ce = F.cross_entropy(logits, targets)
         return RegularizedLoss(loss=ce, ce=ce, penalty=torch.zeros_like(ce), logits=logits)
 

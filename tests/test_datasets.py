@@ -168,6 +168,55 @@ def test_ensure_dataset_builds_once(tmp_path: Path) -> None:
         ensure_dataset("digits", root, limit=31)
 
 
+# --- shortcut datasets --------------------------------------------------------------------------
+
+
+def _distractor_side(image: np.ndarray) -> int:
+    """0 / 1: which half of the top rows holds the 3 x 3 white square."""
+    rows, cols = np.nonzero(image[:5] == 255)
+    assert rows.size >= 9
+    return int(cols.mean() >= 14)
+
+
+def test_viviano_synthetic_distractor_agrees_in_distribution_and_flips_out_of_it() -> None:
+    from reldrop.pipeline.data.datasets.shortcut import shape_pattern
+
+    source = get_source("viviano-synthetic", BuildOptions(seed=2, limit=200))
+    assert set(source.splits) == {"train", "val", "test-id", "test"}
+    assert source.num_classes == 2
+    for split in ("train", "val", "test-id", "test"):
+        samples = list(source.splits[split]())
+        assert len(samples) == source.sizes[split]
+        assert {s["label"] for s in samples} == {0, 1}
+        for s in samples:
+            image, mask = s["image"][0], s["mask"]
+            side = _distractor_side(image)
+            assert side == (1 - s["label"] if split == "test" else s["label"])
+            assert not mask[:5][image[:5] == 255].any()  # the mask never marks the distractor
+            assert 40 <= int(mask.sum()) <= 81  # the 9 x 9 box around the 7 x 7 shape
+    assert not np.array_equal(shape_pattern(0), shape_pattern(1))
+
+
+def test_decoy_mnist_strong_test_decoy_is_always_a_wrong_class() -> None:
+    from reldrop.pipeline.data.datasets.mnist import STRONG_SWATCH
+
+    source = get_source("decoy-mnist-strong", BuildOptions(seed=1, limit=300))
+    assert {"train", "val", "test-id", "test", "test-clean"} == set(source.splits)
+    for split in ("train", "val", "test"):
+        for s in source.splits[split]():
+            image, label = s["image"][0], s["label"]
+            found = [(int(image[r, c]), k) for k, (r, c) in enumerate(
+                [(0, 0), (0, -1), (-1, 0), (-1, -1)])
+                if image[r, c] > 0 and (image[slice(0, STRONG_SWATCH) if k < 2 else slice(-STRONG_SWATCH, None),
+                                              slice(0, STRONG_SWATCH) if k % 2 == 0 else slice(-STRONG_SWATCH, None)]
+                                        == image[r, c]).all()]
+            assert len(found) == 1
+            shade, corner = found[0]
+            code = (255 - shade) // 25
+            assert corner == code % 4
+            assert (code == label) == (split != "test")
+
+
 # --- strict npz validation: each problem one error naming the file and the array ------------
 
 

@@ -88,7 +88,7 @@ def test_point_zero_puts_points_at_origin(clouds):
 def test_fills_through_occluder(images, clouds):
     out = Occluder("random-pixel", p=1.0, fill="constant", fill_value=3.0)(images)
     assert (out.inputs[:, 0][out.dropped] == 3.0).all()
-    out = Occluder("reldrop-points", p=1.0)(clouds, torch.randn(6, 32))  # default: duplicate
+    out = Occluder("reldrop-points", fill="duplicate")(clouds, torch.randn(6, 32))
     assert out.dropped.any()
     for i in range(6):
         kept = clouds[i][~out.dropped[i]]

@@ -91,7 +91,7 @@ def test_only_applied_rows_change(images):
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
 def test_probability_p_respected(strategy, p):
     n = 4000
-    occ = Occluder(strategy, p=p)
+    occ = Occluder(strategy, p=p, coin="sample")
     applied = occ.select(n, torch.Generator().manual_seed(10))
     assert abs(applied.float().mean().item() - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-9
     out = occ(torch.randn(50, 1, 8, 8), torch.randn(50, 8, 8), generator=torch.Generator())
@@ -162,14 +162,24 @@ def test_patch_centres_are_among_top_k():
     assert scipy_stats.chisquare(counts).pvalue > 1e-4
 
 
-def test_patch_default_top_k_spreads_patches():
-    n, h, w = 200, 20, 20  # default top_k = max(5, round(0.02 * 400)) = 8
+def test_patch_default_is_one_rectangle_among_top_5_at_a_fifth_of_the_block():
+    n, h, w = 200, 20, 20
     rel = torch.randn(n, h, w, generator=torch.Generator().manual_seed(14))
     dropped = _single_pixel_centres("reldrop-patch", rel)
-    top8 = torch.zeros_like(dropped)
-    top8.scatter_(1, rel.reshape(n, -1).topk(8).indices, True)
-    assert not (dropped & ~top8).any()
-    assert dropped.sum(dim=1).float().mean() > 2.5  # 5 centres among 8, not all on one
+    top5 = torch.zeros_like(dropped)
+    top5.scatter_(1, rel.reshape(n, -1).topk(5).indices, True)
+    assert (dropped.sum(dim=1) == 1).all() and not (dropped & ~top5).any()
+    cfg = OcclusionConfig(strategy="reldrop-patch")
+    assert (cfg.k_patches, cfg.top_k, cfg.patch_area, cfg.coin) == (1, 5, 0.2, "batch")
+
+
+def test_batch_coin_occludes_all_or_none():
+    occ = Occluder("reldrop-block", p=0.4)  # coin="batch" by default, as the reference
+    gen = torch.Generator().manual_seed(3)
+    picks = [occ.select(16, gen) for _ in range(2000)]
+    assert all(bool(a.all()) or not bool(a.any()) for a in picks)
+    rate = sum(bool(a.all()) for a in picks) / len(picks)
+    assert abs(rate - 0.4) < 5 * math.sqrt(0.24 / 2000)
 
 
 def test_random_erasing_centres_are_uniform():
@@ -285,8 +295,10 @@ def test_pixel_fallback_budget():
 def test_defaults_from_reference():
     assert OcclusionConfig().alpha == 0.3 and OcclusionConfig().beta == 0.5
     points = OcclusionConfig(strategy="reldrop-points")
-    assert (points.alpha, points.beta, points.fill) == (0.5, 0.5, "duplicate")
-    assert OcclusionConfig(strategy="reldrop-block").top_k == 1
+    assert (points.alpha, points.beta, points.fill, points.p) == (0.5, 0.5, "zero", 1.0)
+    block = OcclusionConfig(strategy="reldrop-block")
+    assert (block.top_k, block.coin, block.p) == (1, "batch", 0.5)
+    assert OcclusionConfig().coin == "sample" and OcclusionConfig().p == 0.5
     assert OcclusionConfig(strategy="random-erasing").fill == "zero"
     with pytest.raises(TypeError):
         OcclusionConfig("reldrop-pixel")  # type: ignore[misc]  # keyword-only
@@ -350,3 +362,60 @@ def test_occluder_config_overrides():
     occ = Occluder(base, p=0.9)
     assert occ.config.p == 0.9 and occ.config.strategy == "reldrop-block" and base.p == 0.2
     assert occ.needs_relevance and not Occluder("random-erasing").needs_relevance
+
+
+# ---- keyed per-sample randomness ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["reldrop-pixel", "reldrop-block", "reldrop-patch",
+                                      "random-erasing", "random-pixel"])
+def test_keyed_draws_do_not_depend_on_the_batch(strategy):
+    from reldrop.keyed import sample_seeds
+
+    n, h, w = 12, 10, 10
+    g = torch.Generator().manual_seed(0)
+    x, rel = torch.randn(n, 1, h, w, generator=g), torch.randn(n, h, w, generator=g)
+    keys = [f"train-{i:05d}" for i in range(n)]
+    occ = Occluder(strategy, p=0.6, coin="sample", fill="noise")
+    full = occ(x, rel, seeds=sample_seeds(7, 2, keys))
+    order = torch.randperm(n, generator=g)[:5]  # another batch: a subset, shuffled
+    part = occ(x[order], rel[order], seeds=sample_seeds(7, 2, [keys[i] for i in order]))
+    assert torch.equal(part.applied, full.applied[order])
+    assert torch.equal(part.dropped, full.dropped[order])
+    assert torch.equal(part.inputs, full.inputs[order])  # the noise fill too
+    assert full.applied.any() and full.dropped.any()
+    other = occ(x, rel, seeds=sample_seeds(7, 3, keys))  # next epoch: fresh draws
+    assert not (torch.equal(other.applied, full.applied) and torch.equal(other.dropped, full.dropped))
+
+
+def test_keyed_batch_coin_ignores_order_and_the_generator_api_still_works():
+    from reldrop.keyed import sample_seed, sample_seeds
+
+    assert sample_seed(1, 0, "a") == sample_seed(1, 0, "a") != sample_seed(1, 0, "b")
+    assert sample_seed(1, 0, "a") != sample_seed(1, 1, "a") != sample_seed(2, 0, "a")
+    occ = Occluder("reldrop-block", p=0.5)
+    keys = [f"k{i}" for i in range(8)]
+    seeds = sample_seeds(0, 0, keys)
+    a = occ.select(8, seeds=seeds)
+    b = occ.select(8, seeds=seeds.flip(0))
+    assert torch.equal(a, b) and (bool(a.all()) or not bool(a.any()))
+    both = {bool(occ.select(8, seeds=sample_seeds(0, e, keys))[0]) for e in range(40)}
+    assert both == {True, False}
+    with pytest.raises(ValueError, match="seeds has shape"):
+        occ(torch.zeros(3, 1, 4, 4), torch.randn(3, 4, 4), applied=torch.ones(3, dtype=torch.bool),
+            seeds=torch.zeros(2, dtype=torch.int64))
+
+
+def test_reldrop_keys_reproduce_across_batches():
+    from reldrop.augment import RelDrop
+    from reldrop.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small-cnn", in_channels=1, num_classes=10).eval()
+    x, y = torch.randn(6, 1, 12, 12), torch.randint(0, 10, (6,))
+    keys = [f"s{i}" for i in range(6)]
+    rd = RelDrop(model, "reldrop-pixel", p=0.7, seed=3)
+    full = rd(x, y, keys=keys, epoch=1)
+    part = RelDrop(model, "reldrop-pixel", p=0.7, seed=3)(x[[4, 1]], y[[4, 1]], keys=["s4", "s1"], epoch=1)
+    assert torch.equal(part.dropped, full.dropped[[4, 1]])
+    assert torch.equal(part.applied, full.applied[[4, 1]])

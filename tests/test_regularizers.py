@@ -77,7 +77,7 @@ def _pixel_sum(fn, s: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _literal_input_grad_loss(model, x, t, m, lam, score, fn):
+def _literal_input_grad_loss(model, x, t, m, lam, score, fn, reduce=torch.mean):
     ces, pens = [], []
     for i in range(x.shape[0]):
         xi = x[i : i + 1].clone().requires_grad_(True)
@@ -85,7 +85,7 @@ def _literal_input_grad_loss(model, x, t, m, lam, score, fn):
         (s,) = torch.autograd.grad(score(yi, t[i]), xi, create_graph=True)
         ces.append(F.cross_entropy(yi, t[i : i + 1]))
         pens.append(_pixel_sum(fn, s[0], 1 - m[i].float()))
-    ce, pen = torch.stack(ces).mean(), torch.stack(pens).mean()
+    ce, pen = torch.stack(ces).mean(), reduce(torch.stack(pens))
     return ce + lam * pen, pen
 
 
@@ -97,13 +97,16 @@ def test_input_gradient_losses_match_literal(name: str) -> None:
     reg = make_regularizer(name, lam=0.3)
     out = reg(model, x, t, m)
     assert isinstance(out, RegularizedLoss)
-    if name == "gradmask":
-        score = lambda y, ti: y[0, ti]  # noqa: E731
-        fn = torch.abs
+    reduce = torch.mean
+    if name == "gradmask":  # contrast y_t - log sum_{k != t} exp y_k, L1 summed over the batch
+        def score(y, ti):
+            others = [y[0, k] for k in range(K) if k != ti]
+            return y[0, ti] - torch.log(sum(torch.exp(v) for v in others))
+        fn, reduce = torch.abs, torch.sum
     else:
         score = lambda y, ti: F.log_softmax(y, dim=1).sum()  # noqa: E731
         fn = torch.square
-    loss, pen = _literal_input_grad_loss(model, x, t, m, 0.3, score, fn)
+    loss, pen = _literal_input_grad_loss(model, x, t, m, 0.3, score, fn, reduce)
     torch.testing.assert_close(out.penalty, pen)
     torch.testing.assert_close(out.loss, loss)
     _close(_grads(out.loss, model), _grads(loss, model))
@@ -140,9 +143,10 @@ def test_actdiff_matches_literal() -> None:
     _close(_grads(out.loss, model), _grads(loss, model))
 
 
-def _literal_lrp(model: TinyNet, x: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
-    """Layer by layer LRP-epsilon (LRP-0 at the output), BatchNorm merged with the (detached)
-    batch statistics, one sample at a time."""
+def _literal_lrp(model: TinyNet, x: torch.Tensor, t: torch.Tensor, eps: float,
+                 zb: tuple[float, float] | None = None) -> torch.Tensor:
+    """Layer by layer LRP-epsilon (LRP-0 at the output; z^B at the first layer with bounds
+    ``zb``), BatchNorm merged with the (detached) batch statistics, one sample at a time."""
     conv, bn, lin = model.features[0], model.features[1], model.features[4]
     with torch.no_grad():
         pre = F.conv2d(x, conv.weight, conv.bias, padding=1)
@@ -159,14 +163,24 @@ def _literal_lrp(model: TinyNet, x: torch.Tensor, t: torch.Tensor, eps: float) -
         a2 = z2.clamp(min=0)
         r2 = a2 * model.head.weight[t[i]]  # LRP-0 at the output: R_j = a_j w_jt
         r1 = a1 * ((r2 / (z2 + eps * torch.where(z2 >= 0, 1.0, -1.0))) @ lin.weight)
-        s1 = r1.view_as(z1) / (z1 + eps * torch.where(z1 >= 0, 1.0, -1.0))
-        r0 = a0 * F.conv_transpose2d(s1, w1, padding=1)
+        if zb is None:
+            s1 = r1.view_as(z1) / (z1 + eps * torch.where(z1 >= 0, 1.0, -1.0))
+            r0 = a0 * F.conv_transpose2d(s1, w1, padding=1)
+        else:
+            lo, hi = torch.full_like(a0, zb[0]), torch.full_like(a0, zb[1])
+            wp, wn = w1.clamp(min=0), w1.clamp(max=0)
+            z = (F.conv2d(a0, w1, padding=1) - F.conv2d(lo, wp, padding=1)
+                 - F.conv2d(hi, wn, padding=1))
+            s1 = r1.view_as(z1) / z
+            r0 = (a0 * F.conv_transpose2d(s1, w1, padding=1)
+                  - lo * F.conv_transpose2d(s1, wp, padding=1)
+                  - hi * F.conv_transpose2d(s1, wn, padding=1))
         maps.append(r0.sum(dim=1)[0])
     return torch.stack(maps)
 
 
 def _literal_isnet_penalty(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    E, A, B, C1, C2, d = 1.0, 1.0, 1.0, 1.0, 25.0, 0.9
+    E, A, B, C1, C2, d = 1.0, 1.0, 3.0, 1.0, 25.0, 0.9
     losses = []
     for i in range(r.shape[0]):
         cells = [(abs(r[i, h, w]), float(m[i, h, w])) for h in range(r.shape[1])
@@ -178,7 +192,7 @@ def _literal_isnet_penalty(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         b = sum(w * v for w, v in zip(weights, bkg)) / sum(weights)
         fg = sum(inside)
         low = torch.clamp(C1 - fg, min=0) ** 2 / C1**2
-        high = torch.clamp(fg - C2, min=0) ** 2 / C2**2
+        high = torch.clamp(fg - C2, min=0) ** 2 / C1**2  # C1^2 above C2 too (reference)
         losses.append(A * torch.log(1 + b / E) + B * (low + high))
     return torch.stack(losses).mean()
 
@@ -204,14 +218,15 @@ def test_isnet_matches_literal() -> None:
     torch.manual_seed(1)
     model = TinyNet(bn=True)
     x, t, m = _batch(n=4)
-    out = make_regularizer("isnet")(model, x, t, m)
+    out = make_regularizer("isnet", classes="label", first_layer="epsilon")(model, x, t, m)
     heat = _literal_lrp(model, x, t, 1e-2)
     pen = _literal_isnet_penalty(heat, m)
     ce = F.cross_entropy(model(x), t)
     loss = 0.3 * ce + 0.7 * pen
     torch.testing.assert_close(out.penalty, pen)
     torch.testing.assert_close(out.loss, loss)
-    _close(_grads(out.loss, model), _grads(loss, model))
+    for ga, gb in zip(_grads(out.loss, model), _grads(loss, model), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
 
 
 def test_zennit_composite_path_gives_no_gradient_to_the_head() -> None:
@@ -230,10 +245,19 @@ def test_classify_masked_and_none() -> None:
     torch.manual_seed(0)
     model = TinyNet()
     x, t, m = _batch()
-    out = make_regularizer("classify-masked")(model, x, t, m)
     xm = torch.where(m.unsqueeze(1), x, torch.zeros(()))
     torch.testing.assert_close(mask_inputs(x, m), xm)
+    out = make_regularizer("classify-masked", background="mean")(model, x, t, m)
     torch.testing.assert_close(out.loss, F.cross_entropy(model(xm), t))
+    # default: black, the normalised value of pixel 0 (bounds[0]; MNIST-like mean 0.13, std 0.31)
+    black = (0.0 - 0.13) / 0.31
+    out = make_regularizer("classify-masked", bounds=(black, (1 - 0.13) / 0.31))(model, x, t, m)
+    xb = torch.where(m.unsqueeze(1), x, torch.full((), black))
+    torch.testing.assert_close(out.loss, F.cross_entropy(model(xb), t))
+    # without bounds: the batch's per-channel minimum
+    out = make_regularizer("classify-masked")(model, x, t, m)
+    low = x.transpose(0, 1).reshape(2, -1).min(dim=1).values.view(1, 2, 1, 1)
+    torch.testing.assert_close(out.loss, F.cross_entropy(model(torch.where(m.unsqueeze(1), x, low)), t))
     plain = make_regularizer("none")(model, x, t, None)
     torch.testing.assert_close(plain.loss, F.cross_entropy(model(x), t))
     assert float(plain.penalty) == 0.0
@@ -333,7 +357,7 @@ def _train(name: str, lam: float | None, steps: int = 150) -> float:
 
 def test_regularizers_move_gradients_into_the_mask() -> None:
     baseline = _train("none", None)
-    lams = {"gradmask": 10.0, "rrr": 10.0, "actdiff": 1.0, "isnet": None, "classify-masked": None}
+    lams = {"gradmask": 0.2, "rrr": 10.0, "actdiff": 1.0, "isnet": None, "classify-masked": None}
     shares = {name: _train(name, lam) for name, lam in lams.items()}
     for name, share in shares.items():
         assert share > baseline + 0.15, (name, share, baseline)
@@ -352,3 +376,110 @@ def test_isnet_and_actdiff_on_resnet() -> None:
         assert torch.isfinite(out.loss) and model.conv1.weight.grad is not None
         model.zero_grad()
     assert model.relu.inplace and model.training and model.bn1.training
+
+
+# --- pinned reference formulas -----------------------------------------------------------------
+
+
+class _Shortcut(nn.Module):
+    """Two logits: y0 reads the mask pixel, y1 reads (only) the shortcut pixel outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 10.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def test_gradmask_contrast_penalises_a_shortcut_on_another_logit() -> None:
+    model = _Shortcut()
+    x = torch.tensor([[[[1.0, 1.0]]], [[[2.0, 0.5]]]])  # N x 1 x 1 x 2: [roi pixel, shortcut]
+    t = torch.tensor([0, 0])
+    m = torch.tensor([[[1, 0]], [[1, 0]]])
+    # contrast y0 - y1 (two classes): gradient on the shortcut pixel is -10 per sample -> 20
+    contrast = make_regularizer("gradmask", lam=1.0)(model, x, t, m)
+    assert float(contrast.penalty) == pytest.approx(20.0)
+    # true-class logit y0 ignores the shortcut entirely: penalty 0
+    true_class = make_regularizer("gradmask", lam=1.0, target="true-class")(model, x, t, m)
+    assert float(true_class.penalty) == 0.0
+
+
+def test_gradmask_original_form_squares_positive_samples_and_ramps() -> None:
+    model = _Shortcut()
+    x = torch.ones(2, 1, 1, 2)
+    t = torch.tensor([0, 0])
+    m = torch.tensor([[[1, 0]], [[0, 0]]])  # second sample has no mask: not penalised
+    reg = make_regularizer("gradmask", lam=4.0, form="original", ramp_steps=4)
+    out = reg(model, x, t, m)
+    # only sample 0 outside-mask pixels count; the empty-mask sample is skipped: 10^2 + 0 = 100
+    assert float(out.penalty) == pytest.approx(100.0)
+    assert float(out.loss - out.ce) == pytest.approx(1.0 * 100.0)  # lambda ramped: 4 * 1/4
+    out = reg(model, x, t, m)
+    assert float(out.loss - out.ce) == pytest.approx(2.0 * 100.0)
+
+
+@pytest.mark.parametrize(("fg", "expected"), [(0.5, 3 * 0.25), (10.0, 0.0), (30.0, 3 * 25.0)])
+def test_isnet_foreground_terms(fg: float, expected: float) -> None:
+    """B (relu(C1 - F)^2 + relu(F - C2)^2) / C1^2 with B 3, C1 1, C2 25; background 0."""
+    from reldrop.regularizers import isnet_heatmap_loss
+
+    heat = torch.zeros(1, 2, 2)
+    heat[0, 0, 0] = fg
+    m = torch.zeros(1, 2, 2)
+    m[0, 0, 0] = 1
+    assert float(isnet_heatmap_loss(heat, m)) == pytest.approx(expected)
+
+
+def test_isnet_zb_first_layer_matches_literal() -> None:
+    torch.manual_seed(1)
+    model = TinyNet(bn=True)
+    x, t, _ = _batch(n=4)
+    bounds = (-3.0, 3.0)
+    heat, _ = lrp_heatmap(model, x, t, first_layer="zb", bounds=bounds)
+    literal = _literal_lrp(model, x, t, 1e-2, zb=bounds)
+    torch.testing.assert_close(heat, literal, rtol=1e-4, atol=1e-5)
+    _close(_grads(heat.abs().sum(), model), _grads(literal.abs().sum(), model))
+
+
+def test_isnet_all_classes_is_the_mean_over_class_heatmaps() -> None:
+    from reldrop.regularizers import isnet_heatmap_loss
+
+    torch.manual_seed(2)
+    model = TinyNet(bn=False)
+    x, t, m = _batch(n=3)
+    out = make_regularizer("isnet")(model, x, t, m)  # defaults: all classes, z^B
+    pens = [isnet_heatmap_loss(lrp_heatmap(model, x, torch.full_like(t, k), first_layer="zb")[0], m)
+            for k in range(K)]
+    torch.testing.assert_close(out.penalty, torch.stack(pens).mean())
+
+
+def test_isnet_clips_gradients_others_do_not() -> None:
+    model = TinyNet()
+    x, t, m = _batch()
+    isnet = make_regularizer("isnet")
+    assert isnet.clip_grad_norm == 1.0 and make_regularizer("rrr").clip_grad_norm is None
+    out = isnet(model, x, t, m)
+    (out.loss * 1e4).backward()
+    before = isnet.clip_gradients(model)
+    after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    assert before is not None and before > 1.0 and float(after) == pytest.approx(1.0, rel=1e-4)
+    assert make_regularizer("rrr").clip_gradients(model) is None
+    assert make_regularizer("isnet", clip_grad_norm=None).clip_grad_norm is None
+
+
+def test_actdiff_on_a_plain_module_uses_the_last_linear_input() -> None:
+    from reldrop.regularizers import penultimate_and_logits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(50, 7), nn.ReLU(), nn.Linear(7, K))
+    x, t, m = _batch()
+    h, logits = penultimate_and_logits(model, x)
+    torch.testing.assert_close(h, model[:3](x))
+    torch.testing.assert_close(logits, model(x))
+    out = make_regularizer("actdiff")(model, x, t, m)
+    assert float(out.penalty) > 0
+    with pytest.raises(TypeError, match="return_embedding"):
+        penultimate_and_logits(nn.Sequential(nn.Conv2d(2, 1, 1), nn.Flatten()), x)

@@ -23,14 +23,15 @@ CASES = [
 ]
 
 
-def _literal_reference(canonizers: list) -> SpecialFirstLayerMapComposite:
-    """The RelDrop reference composite, written out: Epsilon(1e-3) conv/linear, Flat first
-    layer, Pass activations/BatchNorm (Norm on sums and average pools, as zennit's presets)."""
+def _literal_reference(canonizers: list, sum_norm: bool = False) -> SpecialFirstLayerMapComposite:
+    """The RelDrop reference code's composite, written out: Epsilon(1e-3) conv/linear, Flat
+    first layer, Norm on average pools, Pass activations/BatchNorm, no rule on residual sums
+    (``sum_norm``: Norm there, the ``reference-sum-norm`` composite)."""
     return SpecialFirstLayerMapComposite(
         layer_map=[
             (Activation, Pass()),
             (BatchNorm, Pass()),
-            (Sum, Norm()),
+            *([(Sum, Norm())] if sum_norm else []),
             (AvgPool, Norm()),
             (Convolution, Epsilon(epsilon=1e-3)),
             (nn.Linear, Epsilon(epsilon=1e-3)),
@@ -68,13 +69,13 @@ def _assert_bitwise_equal(model: nn.Module, before: dict[str, torch.Tensor]) -> 
 
 
 @pytest.mark.parametrize("name,shape,classes,canonizers,dim", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "reference"])
+@pytest.mark.parametrize("composite", ["epsilon_plus_flat", "reference", "reference-sum-norm"])
 def test_relevance_equals_direct_zennit_call(make_model, name, shape, classes, canonizers, dim, composite):
     x = torch.randn(4, *shape, generator=torch.Generator().manual_seed(2))
     y = torch.tensor([0, 1, 2, 1])
     model = make_model(name, shape[0] if dim == 1 else shape[1], classes, x)
-    if composite == "reference":
-        expected_comp = _literal_reference(canonizers())
+    if composite.startswith("reference"):
+        expected_comp = _literal_reference(canonizers(), sum_norm=composite == "reference-sum-norm")
     else:
         expected_comp = EpsilonPlusFlat(canonizers=canonizers())
     expected = _direct(model, x, y, expected_comp, dim)

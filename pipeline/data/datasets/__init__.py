@@ -1,7 +1,15 @@
-"""Dataset builders by name (``decoy-mnist``, ``mnist``, ``digits``, ``points``, ``npz:PATH``,
-``folder:PATH``), one module per builder, and the functions that write them as shards."""
+"""Dataset builders by name (``decoy-mnist``, ``decoy-mnist-strong``, ``viviano-synthetic``,
+``mnist``, ``digits``, ``points``, ``npz:PATH``, ``folder:PATH``), one module per builder, and
+the functions that write them as shards."""
 
-from reldrop.pipeline.data.datasets import arrays, digits, folder, mnist, points  # noqa: F401 (registers)
+from reldrop.pipeline.data.datasets import (  # noqa: F401 (registers)
+    arrays,
+    digits,
+    folder,
+    mnist,
+    points,
+    shortcut,
+)
 from reldrop.pipeline.data.datasets._registry import (
     BuildOptions,
     DatasetSource,

@@ -4,6 +4,14 @@ DecoyMNIST (Ross, Hughes, Doshi-Velez 2017, "Right for the Right Reasons"): a 4x
 random corner whose grey level is ``255 - 25 * label`` in ``train`` (a perfect shortcut) and
 ``255 - 25 * r`` for a random class ``r`` in ``test`` (the out-of-distribution split);
 ``test-clean`` has no swatch. Masks mark the (dilated) digit and never the swatch.
+
+On these 5000 digits a small CNN learns the digits as well as the swatch, so ``decoy-mnist``
+barely fools it (out-of-distribution accuracy close to in-distribution).
+``decoy-mnist-strong`` makes the decoy the easier feature, as it is for Ross et al.'s model:
+a ``STRONG_SWATCH`` x ``STRONG_SWATCH`` swatch whose *corner and shade* both encode the class
+(class c: corner c mod 4, shade ``decoy_shade(c)``), and in ``test`` the swatch of a *wrong*
+class (so a model reading the decoy is always wrong, not right 1 time in 10). It adds a
+``val`` split (in distribution, carved from the training digits) for model selection.
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ from reldrop.pipeline.data.datasets._registry import (
     split_indices,
 )
 
-__all__ = ["SWATCH", "decoy_shade", "load_mnist"]
+__all__ = ["STRONG_SWATCH", "SWATCH", "decoy_shade", "load_mnist"]
 
 #: side of the DecoyMNIST swatch in pixels
 SWATCH = 4
+#: side of the ``decoy-mnist-strong`` swatch
+STRONG_SWATCH = 8
+#: training digits ``decoy-mnist-strong`` keeps apart as its ``val`` split
+STRONG_VAL = 500
 _CLASSES = tuple(str(d) for d in range(10))
 
 
@@ -49,27 +61,38 @@ def decoy_shade(label: int) -> int:
 
 
 def _decoy(
-    image: np.ndarray, mask: np.ndarray, label: int, rng: np.random.Generator, split: str
+    image: np.ndarray, mask: np.ndarray, label: int, rng: np.random.Generator, split: str,
+    *, strong: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image with the swatch painted in a random corner, and the mask cleared there."""
+    """Image with the swatch painted in a corner, and the mask cleared there."""
     canvas, mask = image.copy(), mask.copy()
-    shade = decoy_shade(label if split in ("train", "test-id") else int(rng.integers(10)))
-    corner = int(rng.integers(4))
+    if split in ("train", "val", "test-id"):
+        code = label
+    elif strong:  # any class but the true one
+        code = (label + 1 + int(rng.integers(9))) % 10
+    else:
+        code = int(rng.integers(10))
+    shade = decoy_shade(code)
+    corner = code % 4 if strong else int(rng.integers(4))
+    side = STRONG_SWATCH if strong else SWATCH
     h, w = canvas.shape
-    rows = slice(0, SWATCH) if corner < 2 else slice(h - SWATCH, h)
-    cols = slice(0, SWATCH) if corner % 2 == 0 else slice(w - SWATCH, w)
+    rows = slice(0, side) if corner < 2 else slice(h - side, h)
+    cols = slice(0, side) if corner % 2 == 0 else slice(w - side, w)
     canvas[rows, cols] = shade
     mask[rows, cols] = 0
     return canvas, mask
 
 
-def _source(name: str, options: BuildOptions, *, decoy: bool) -> DatasetSource:
+def _source(name: str, options: BuildOptions, *, decoy: bool, strong: bool = False) -> DatasetSource:
     size = options.image_size or 28
     if decoy and size not in (28, 32):
-        raise ValueError(f"decoy-mnist: image_size must be 28 or 32; got {size}")
+        raise ValueError(f"{name}: image_size must be 28 or 32; got {size}")
     images, labels = load_mnist()
     train, test = split_indices(len(labels), seed=options.seed, limit=options.limit)
     plan = {"train": train, "test": test}
+    if strong:
+        n_val = min(STRONG_VAL, len(train) // 5)
+        plan = {"train": train[n_val:], "val": train[:n_val], "test": test}
     if decoy:
         plan["test-id"] = test
         plan["test-clean"] = test
@@ -82,7 +105,7 @@ def _source(name: str, options: BuildOptions, *, decoy: bool) -> DatasetSource:
             label = int(labels[i])
             image = digit
             if decoy and split != "test-clean":
-                image, mask = _decoy(digit, mask, label, rng, split)
+                image, mask = _decoy(digit, mask, label, rng, split, strong=strong)
             key = f"{split}-{int(i):05d}"
             yield {"key": key, "image": image[None], "label": label, "mask": mask}
 
@@ -108,3 +131,11 @@ def decoy_mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
     """DecoyMNIST on real digits: ``train`` and ``test-id`` (the shade encodes the class),
     ``test`` (random shade: the out-of-distribution split), ``test-clean`` (no swatch)."""
     return _source("decoy-mnist", options, decoy=True)
+
+
+@register_dataset("decoy-mnist-strong")
+def decoy_mnist_strong(arg: str | None, options: BuildOptions) -> DatasetSource:
+    """DecoyMNIST with a decoy the baseline uses: ``train``, ``val``, ``test-id`` (an 8 x 8
+    swatch whose corner and shade encode the class), ``test`` (a wrong class's swatch: out of
+    distribution), ``test-clean`` (no swatch)."""
+    return _source("decoy-mnist-strong", options, decoy=True, strong=True)

@@ -1,0 +1,152 @@
+"""One training in this process (no Ray): the paper's in-loop way, cheap enough for a
+hyperparameter search over many small runs.
+
+The data are shard splits loaded into memory once (:class:`SplitData`); a run (:class:`RunSpec`)
+is a model trained with SGD (momentum 0.9, weight decay 5e-4, as the Ray trainer) with either a
+trainer-side regularizer (:mod:`reldrop.regularizers`) or an in-loop occlusion
+(:class:`reldrop.augment.RelDrop`, keyed per-sample randomness), then its accuracy on every
+split. Mini-batches are drawn from a generator seeded with the run's seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reldrop.augment import RelDrop
+from reldrop.checkpoint import ModelSpec
+from reldrop.normalization import Normalization
+from reldrop.regularizers import make_regularizer
+
+__all__ = ["RunSpec", "SplitData", "accuracy_of", "load_splits", "train_in_process"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitData:
+    """One split in memory: uint8 images N x C x H x W, labels N, masks N x H x W, keys."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    keys: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None) -> dict[str, SplitData]:
+    """Read ``splits`` of the shard dataset at ``root`` (at most ``limit`` samples each)."""
+    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+
+    out: dict[str, SplitData] = {}
+    for split in splits:
+        images, labels, masks, keys = [], [], [], []
+        for i, sample in enumerate(iter_samples(root, split)):
+            if limit is not None and i >= limit:
+                break
+            images.append(np.asarray(sample["image"]))
+            labels.append(int(sample["label"]))
+            masks.append(sample.get("mask"))
+            keys.append(str(sample.get("__key__", sample.get("key", f"{split}-{i}"))))
+        if not images:
+            raise ValueError(f"{root}#{split} holds no samples")
+        have = all(m is not None for m in masks)
+        out[split] = SplitData(
+            images=torch.from_numpy(np.stack(images)),
+            labels=torch.tensor(labels, dtype=torch.long),
+            masks=torch.from_numpy(np.stack(masks)).float() if have else None,
+            keys=tuple(keys),
+        )
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """A run: ``regularizer`` (+ ``lam``, ``params``) or ``augment`` (+ occlusion ``params``)."""
+
+    regularizer: str = "none"
+    lam: float | None = None
+    augment: str = "none"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    model: str = "small-cnn"
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 0.05
+    composite: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.regularizer != "none" and self.augment != "none":
+            raise ValueError("a run uses a regularizer or an augmentation, not both")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: "
+                             "expected positive values")
+
+
+def _normalization(train: SplitData) -> Normalization:
+    data = train.images[:512].double() / 255.0
+    mean = tuple(float(v) for v in data.mean(dim=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in data.std(dim=(0, 2, 3), unbiased=False))
+    return Normalization(mean=mean, std=std)
+
+
+def accuracy_of(model: nn.Module, data: SplitData, normalization: Normalization) -> float:
+    """Top-1 accuracy of ``model`` (eval mode, modes restored) on ``data``."""
+    was = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), 256):
+            x = normalization.to_model(data.images[start : start + 256])
+            correct += int((model(x).argmax(1) == data.labels[start : start + 256]).sum())
+    model.train(was)
+    return correct / len(data)
+
+
+def train_in_process(
+    spec: RunSpec, train: SplitData, *, num_classes: int, seed: int
+) -> tuple[nn.Module, ModelSpec]:
+    """Train ``spec`` on ``train`` with ``seed``; return the model (eval mode) and its spec."""
+    torch.manual_seed(seed)
+    normalization = _normalization(train)
+    mspec = ModelSpec(name=spec.model, in_channels=int(train.images.shape[1]),
+                      num_classes=num_classes, normalization=normalization)
+    model = mspec.build()
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=5e-4)
+    bounds = normalization.bounds()
+    regularizer = make_regularizer(spec.regularizer, lam=spec.lam, bounds=bounds,
+                                   **(dict(spec.params) if spec.regularizer != "none" else {}))
+    augment = None
+    if spec.augment != "none":
+        augment = RelDrop(model, spec.augment, composite=spec.composite, bounds=bounds, seed=seed,
+                          **dict(spec.params))
+    order_gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for epoch in range(spec.epochs):
+        order = torch.randperm(len(train), generator=order_gen)
+        for start in range(0, len(train), spec.batch_size):
+            idx = order[start : start + spec.batch_size]
+            x = normalization.to_model(train.images[idx])
+            y = train.labels[idx]
+            masks = train.masks[idx] if train.masks is not None else None
+            if augment is not None:
+                x = augment(x, y, keys=[train.keys[i] for i in idx.tolist()], epoch=epoch).inputs
+            out = regularizer(model, x, y, masks)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            regularizer.clip_gradients(model)
+            optimizer.step()
+    model.eval()
+    return model, mspec
+
+
+def cross_entropy_of(model: nn.Module, data: SplitData, normalization: Normalization) -> float:
+    """Mean cross-entropy on ``data`` (for tie-breaking in selection)."""
+    with torch.no_grad():
+        x = normalization.to_model(data.images)
+        return float(F.cross_entropy(model(x), data.labels))
