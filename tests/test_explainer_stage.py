@@ -185,3 +185,33 @@ def test_publisher_without_model_strategy_does_nothing(local_store):
 def test_plan_type_is_checked():
     with pytest.raises(TypeError, match="plan must be a StagePlan"):
         WeightPublisher({"run_id": "x"}, torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+def _keyed_stage(strategy: str, epoch: int) -> ExplainerStage:
+    from reldrop.normalization import Normalization
+
+    return ExplainerStage(StageConfig(
+        run_id="keyed", occlusion=OcclusionConfig(strategy=strategy, p=0.5), use_model=False,
+        normalization=Normalization(mean=(0.5,), std=(0.5,)), seed=3, key_column="key",
+        epoch=epoch,
+    ))
+
+
+@pytest.mark.parametrize("strategy", ["random-erasing", "random-pixel"])
+def test_keyed_draws_do_not_depend_on_the_batch(strategy):
+    """Paired randomness: a row's occlusion is a function of (seed, epoch, key) alone, so the
+    same row gets the same mask whichever batch (or process, or mode) it is drawn in."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 1, 12, 12), dtype=np.uint8)
+    keys = np.array([f"k{i}" for i in range(8)])
+
+    def run(order, epoch=0):
+        batch = {"key": keys[order], "image": images[order], "label": np.zeros(len(order), np.int64)}
+        out = _keyed_stage(strategy, epoch)(batch)
+        return {str(k): d for k, d in zip(out["key"], out["dropped"])}
+
+    whole, part = run(list(range(8))), run([5, 2, 7])
+    assert all(np.array_equal(whole[k], part[k]) for k in part)
+    assert any(whole[k].any() for k in whole)  # something was occluded
+    other = run(list(range(8)), epoch=1)
+    assert any(not np.array_equal(whole[k], other[k]) for k in whole)  # a new epoch, new draws

@@ -58,6 +58,10 @@ class StageConfig:
     threads: int = 1
     seed: int = 0
     device: str = "cpu"
+    #: with a key column: every occlusion draw of a row is a function of (seed, epoch, key)
+    #: (``reldrop.keyed``), so sync, async and precomputed runs of one seed draw alike
+    key_column: str | None = None
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.spec is None and self.normalization is None:
@@ -201,6 +205,14 @@ class ExplainerStage:
             self.counters["explained"] += int(idx.numel())
         return rel
 
+    def _seeds(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.config.key_column is None or self.config.key_column not in batch:
+            return None
+        from reldrop.keyed import sample_seeds  # noqa: PLC0415
+
+        keys = [str(k) for k in batch[self.config.key_column]]
+        return sample_seeds(self.config.seed, self.config.epoch, keys)
+
     def stats(self) -> dict[str, float]:
         """Cumulative timing counters (read by ``reldrop bench`` through the weight store)."""
         return {**self.counters, "threads": torch.get_num_threads(),
@@ -219,10 +231,12 @@ class ExplainerStage:
         streamed = batch.pop("relevance", None)  # joined by the read; not sent on to trainers
         x = model_inputs(batch[cfg.image_column], self.normalization)
         valid = ~np.asarray(batch.get("skipped", np.zeros(n, dtype=bool)), dtype=bool)
-        applied = self.occluder.select(n, self.generator) & torch.from_numpy(valid)
+        seeds = self._seeds(batch)
+        applied = self.occluder.select(n, self.generator, seeds=seeds) & torch.from_numpy(valid)
         rel = (self._relevance(batch, x, applied, streamed) if self.occluder.needs_relevance
                else None)
-        dropped, fallback = self.occluder.drop_mask(x, rel, applied=applied, generator=self.generator)
+        dropped, fallback = self.occluder.drop_mask(x, rel, applied=applied,
+                                                    generator=self.generator, seeds=seeds)
         batch["dropped"] = dropped.cpu().numpy().astype(np.uint8)
         batch["fallback"] = fallback.numpy()
         batch["model_version"] = np.full(n, self.version, dtype=np.int64)

@@ -102,9 +102,32 @@ class TrainConfig:
                                       flag="lambda", aliases=("reg-lambda",))
     composite: str = option("reference", "method", "LRP composite",
                             choices=lambda: sorted(COMPOSITES))
-    apply_prob: float = option(0.5, "method", "probability that a sample (or batch) is occluded",
-                               flag="p", aliases=("apply-prob",))
+    apply_prob: float | None = option(
+        None, "method", "probability that a sample (or batch) is occluded (default: the "
+        "strategy's own: 0.5, points 1.0)", flag="p", aliases=("apply-prob",))
+    coin: str | None = option(None, "method", "occlusion coin per sample or per batch (default: "
+                              "the strategy's own; block/patch flip one per batch as the "
+                              "reference)", choices=lambda: ("sample", "batch"))
     fill: str | None = option(None, "method", "occlusion fill (default: the strategy's own)")
+    gradmask_target: str = option(
+        "contrast", "method", "GradMask: input gradient of the logit contrast y_t - logsumexp "
+        "of the others (reference) or of the true-class logit",
+        choices=lambda: ("contrast", "true-class"))
+    gradmask_form: str = option("l1", "method", "GradMask penalty: l1 summed over the batch "
+                                "(Viviano et al.) or the original squared, ramped form",
+                                choices=lambda: ("l1", "original"))
+    isnet_classes: str = option("all", "method", "ISNet: penalise the heatmaps of all classes "
+                                "(reference) or of the label only", choices=lambda: ("all", "label"))
+    isnet_first_layer: str = option("zb", "method", "ISNet first-layer LRP rule",
+                                    choices=lambda: ("zb", "epsilon"))
+    isnet_b: float = option(3.0, "method", "ISNet foreground weight B (reference 3)",
+                            flag="isnet-B")
+    classify_masked_background: str = option(
+        "black", "method", "classify-masked: background outside the mask (reference: black)",
+        choices=lambda: ("black", "mean"))
+    clip_grad_norm: float | None = option(
+        None, "method", "gradient-norm clipping (default: the regularizer's own, ISNet 1.0; "
+        "0: off)")
     # optimisation
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
@@ -159,7 +182,21 @@ class TrainConfig:
 
     # ---- derived -------------------------------------------------------------------------
     def occlusion(self) -> OcclusionConfig:
-        return OcclusionConfig(strategy=self.augment, p=self.apply_prob, fill=self.fill)
+        return OcclusionConfig(strategy=self.augment, p=self.apply_prob, coin=self.coin,
+                               fill=self.fill)
+
+    def regularizer_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`reldrop.regularizers.make_regularizer` beyond ``lam``."""
+        per_method: dict[str, dict[str, Any]] = {
+            "gradmask": {"target": self.gradmask_target, "form": self.gradmask_form},
+            "isnet": {"classes": self.isnet_classes, "first_layer": self.isnet_first_layer,
+                      "B": self.isnet_b},
+            "classify-masked": {"background": self.classify_masked_background},
+        }
+        params = dict(per_method.get(self.regularizer, {}))
+        if self.regularizer != "none" and self.clip_grad_norm is not None:
+            params["clip_grad_norm"] = self.clip_grad_norm or None
+        return params
 
     @property
     def needs_explainer(self) -> bool:
@@ -221,7 +258,8 @@ def _check_choices(cfg: TrainConfig) -> None:
         if opt is None or opt.choices is None:
             continue
         allowed = list(opt.choices())
-        if getattr(cfg, f.name) not in allowed:
+        value = getattr(cfg, f.name)
+        if value not in allowed and not (value is None and f.default is None):
             raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}; expected one of {allowed}")
     from reldrop.models import resolve_model  # noqa: PLC0415
 
@@ -237,6 +275,9 @@ def _check_numbers(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "trainers", "sync_every"):
         if getattr(cfg, name) < 1:
             raise _bad(cfg, name, "an integer >= 1")
+    if cfg.clip_grad_norm is not None and not (math.isfinite(cfg.clip_grad_norm)
+                                               and cfg.clip_grad_norm >= 0):
+        raise _bad(cfg, "clip_grad_norm", "a finite number >= 0 (0: off) or unset")
     for name in ("max_staleness", "max_failures", "shuffle_buffer"):
         if getattr(cfg, name) < 0:
             raise _bad(cfg, name, "an integer >= 0")

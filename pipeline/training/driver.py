@@ -68,7 +68,9 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
                      normalization=Normalization(mean=mean, std=std))
 
 
-def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources) -> Any:
+def _stage(
+    cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources, epoch: int
+) -> Any:
     """Append the explainer stage (async: model replicas; precomputed/baselines: no model)."""
     from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
 
@@ -79,6 +81,7 @@ def _stage(cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resourc
         use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
         max_ahead=cfg.max_ahead_samples(), threads=max(1, int(round(res.explainer_cpus))),
         seed=cfg.seed, device="cuda" if res.explainer_gpus > 0 else "cpu",
+        key_column="key", epoch=epoch,
     )
     low, high = (res.explainers_min, res.explainers_max) if cfg.needs_explainer else (1, 1)
     return append_stage(
@@ -192,7 +195,7 @@ def _datasets(run: _Run) -> dict[str, Any]:
                           limit=cfg.limit, rows_per_block=cfg.stage_batch_size,
                           shuffle_seed=cfg.seed if cfg.shuffle else None, epoch=epoch,
                           columns=_precomputed(cfg))
-        datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res)
+        datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res, epoch)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
             datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),

@@ -19,6 +19,7 @@ import torch
 
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
+from reldrop.keyed import sample_seeds
 from reldrop.occlusion import Occluder
 from reldrop.pipeline.data.stream import data_error, model_inputs
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
@@ -47,7 +48,6 @@ class _Worker:
     regularizer: Regularizer
     occluder: Occluder
     in_loop: RelDrop
-    generator: torch.Generator
     accounting: BatchAccounting
     meter: Meter
     sync: Any  # WeightSync, or None without explainers
@@ -76,11 +76,11 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         cfg=cfg, spec=spec, rank=rank, world=world, model=model, inner=inner,
         device=ray.train.torch.get_device(),
         optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4),
-        regularizer=make_regularizer(cfg.regularizer, lam=cfg.reg_lambda),
+        regularizer=make_regularizer(cfg.regularizer, lam=cfg.reg_lambda,
+                                     bounds=spec.normalization.bounds(), **cfg.regularizer_params()),
         occluder=Occluder(cfg.occlusion()),
         in_loop=RelDrop(inner, cfg.occlusion(), composite=cfg.composite,
-                        bounds=spec.normalization.bounds(), seed=cfg.seed * 31 + rank),
-        generator=torch.Generator().manual_seed(cfg.seed * 7919 + rank),
+                        bounds=spec.normalization.bounds(), seed=cfg.seed),
         accounting=BatchAccounting(max_staleness=cfg.max_staleness, stale_policy=cfg.stale_policy,
                                    record_keys=cfg.record_keys),
         meter=Meter(rank=rank, world=world, steps_per_epoch=_steps_per_epoch(cfg, loop_config)),
@@ -101,10 +101,12 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _inputs(
-    w: _Worker, batch: dict[str, Any], plan: RowPlan
+    w: _Worker, batch: dict[str, Any], plan: RowPlan, epoch: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Model inputs, labels and masks of the kept rows, occluded as the mode says."""
+    """Model inputs, labels and masks of the kept rows, occluded as the mode says; every draw
+    of a row is keyed by (seed, epoch, key), as in the explainer stage."""
     keep = plan.keep
+    keys = [str(k) for k in np.asarray(batch["key"])[keep]]
     x = model_inputs(_to_device(batch["image"][keep], w.device), w.spec.normalization)
     y = _to_device(np.asarray(batch["label"])[keep], w.device)
     masks = _to_device(batch["mask"][keep], w.device).float() if "mask" in batch else None
@@ -112,10 +114,11 @@ def _inputs(
         dropped = torch.as_tensor(np.asarray(batch["dropped"])[keep]).bool()
         again = torch.as_tensor(plan.reexplain[keep])
         if bool(again.any()):
-            dropped[again] = w.in_loop(x[again], y[again]).dropped.cpu()
-        x = w.occluder.fill(x, dropped.to(w.device), w.generator)
+            redo = [k for k, a in zip(keys, again.tolist()) if a]
+            dropped[again] = w.in_loop(x[again], y[again], keys=redo, epoch=epoch).dropped.cpu()
+        x = w.occluder.fill(x, dropped.to(w.device), seeds=sample_seeds(w.cfg.seed, epoch, keys))
     elif w.cfg.augment != "none" and len(y):
-        result = w.in_loop(x, y)
+        result = w.in_loop(x, y, keys=keys, epoch=epoch)
         w.accounting.counts["fallback"] += int(result.fallback.sum())
         if w.occluder.needs_relevance:
             w.accounting.counts["occluded"] += int(result.applied.sum())
@@ -127,20 +130,20 @@ def _placeholder(w: _Worker, batch: dict[str, Any]) -> torch.Tensor:
     return model_inputs(_to_device(batch["image"][:1], w.device), w.spec.normalization)
 
 
-def _train_batch(w: _Worker, batch: dict[str, Any], epoch: dict[str, float]) -> None:
+def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str, float]) -> None:
     plan = w.accounting.account(batch, w.state.step)
     if w.sync is not None:
         w.sync.consumed(len(batch["label"]))
-    x, y, masks = _inputs(w, batch, plan)
+    x, y, masks = _inputs(w, batch, plan, epoch)
     outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
                          placeholder=_placeholder(w, batch),
                          clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None))
     if not outcome.stepped:
         return
     w.state.step += 1
-    epoch["loss"] += outcome.loss_sum
-    epoch["correct"] += outcome.correct
-    epoch["seen"] += outcome.rows
+    totals["loss"] += outcome.loss_sum
+    totals["correct"] += outcome.correct
+    totals["seen"] += outcome.rows
     if w.device.type == "cuda":
         torch.cuda.synchronize()
     if w.sync is not None and w.state.step % w.cfg.sync_every == 0:
@@ -171,7 +174,7 @@ def _run_epoch(w: _Worker, shard: Any, epoch: int) -> dict[str, Any]:
     if w.sync is not None:
         w.sync.start_epoch()
     for batch in w.meter.timed(_batches(w, shard, epoch)):
-        _train_batch(w, batch, totals)
+        _train_batch(w, batch, epoch, totals)
         w.meter.progress(epoch, w.state.step, totals)
     seen = int(totals["seen"])
     return {
