@@ -25,6 +25,8 @@ from zennit.rules import Epsilon, Flat, Norm, Pass
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Convolution, Linear
 
+from reldrop.registry import Registry
+
 __all__ = [
     "CANONIZERS",
     "COMPOSITES",
@@ -38,24 +40,18 @@ Bounds = tuple[torch.Tensor | float, torch.Tensor | float]
 CompositeFactory = Callable[[list[Canonizer], Bounds], Composite]
 
 #: name -> factory(canonizers, (low, high)) -> zennit Composite
-COMPOSITES: dict[str, CompositeFactory] = {}
+COMPOSITES: Registry[CompositeFactory] = Registry("composite")
 #: name -> factory() -> list of canonizers
-CANONIZERS: dict[str, Callable[[], list[Canonizer]]] = {
-    "resnet": lambda: [ResNetCanonizer()],
-    "vgg": lambda: [VGGCanonizer()],
-    "sequential": lambda: [SequentialMergeBatchNorm()],
-    "none": lambda: [],
-}
+CANONIZERS: Registry[Callable[[], list[Canonizer]]] = Registry("canonizer")
+CANONIZERS.add("resnet", lambda: [ResNetCanonizer()])
+CANONIZERS.add("vgg", lambda: [VGGCanonizer()])
+CANONIZERS.add("sequential", lambda: [SequentialMergeBatchNorm()])
+CANONIZERS.add("none", lambda: [])
 
 
 def register_composite(name: str) -> Callable[[CompositeFactory], CompositeFactory]:
     """Register a composite factory under ``name`` (used by the CLI, configs and manifests)."""
-
-    def wrap(factory: CompositeFactory) -> CompositeFactory:
-        COMPOSITES[name] = factory
-        return factory
-
-    return wrap
+    return COMPOSITES.register(name)
 
 
 class _ReferenceComposite(SpecialFirstLayerMapComposite):

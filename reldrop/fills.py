@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
+from reldrop.registry import Registry
+
 __all__ = ["FILLS", "POINT_FILLS", "FillParams", "apply_fill"]
 
 
@@ -26,23 +28,33 @@ class FillParams:
     blur_sigma: float = 2.0
 
 
-FillFn = Callable[[torch.Tensor, FillParams, torch.Generator | None], torch.Tensor]
+#: fn(inputs, dropped, params, generator) -> replacement values (same shape as inputs); the
+#: result is used where ``dropped`` is set
+FillFn = Callable[[torch.Tensor, torch.Tensor, FillParams, torch.Generator | None], torch.Tensor]
+#: image fills and point-cloud fills
+FILLS: Registry[FillFn] = Registry("fill")
+POINT_FILLS: Registry[FillFn] = Registry("point-cloud fill")
 
 
-def _zero(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
+def _zero(x: torch.Tensor, dropped: torch.Tensor, params: FillParams,
+          gen: torch.Generator | None) -> torch.Tensor:
     return torch.zeros_like(x)
 
 
-def _constant(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
+def _constant(x: torch.Tensor, dropped: torch.Tensor, params: FillParams,
+              gen: torch.Generator | None) -> torch.Tensor:
     return torch.full_like(x, params.value)
 
 
-def _noise(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
+def _noise(x: torch.Tensor, dropped: torch.Tensor, params: FillParams,
+           gen: torch.Generator | None) -> torch.Tensor:
     noise = torch.randn(x.shape, generator=gen, device="cpu", dtype=x.dtype).to(x.device)
     return noise * params.noise_std
 
 
-def _blur(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
+@FILLS.register("blur")
+def _blur(x: torch.Tensor, dropped: torch.Tensor, params: FillParams,
+          gen: torch.Generator | None) -> torch.Tensor:
     if x.ndim != 4:
         raise ValueError("fill='blur' needs images N x C x H x W")
     # +-3 sigma, capped so the reflect padding fits images smaller than that (e.g. 8 x 8 digits)
@@ -50,35 +62,26 @@ def _blur(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> t
     return gaussian_blur(x, [kernel, kernel], [params.blur_sigma, params.blur_sigma])
 
 
-def _duplicate(x: torch.Tensor, params: FillParams, gen: torch.Generator | None) -> torch.Tensor:
-    raise RuntimeError("duplicate is applied by apply_fill, which knows the kept points")
-
-
-#: image fills: name -> fn(inputs, params, generator) -> replacement values (same shape)
-FILLS: dict[str, FillFn] = {"zero": _zero, "constant": _constant, "noise": _noise, "blur": _blur}
-#: point-cloud fills
-POINT_FILLS: dict[str, FillFn] = {
-    "zero": _zero,
-    "constant": _constant,
-    "noise": _noise,
-    "duplicate": _duplicate,
-}
-
-
-def _fill_duplicate(
-    x: torch.Tensor, dropped: torch.Tensor, gen: torch.Generator | None
-) -> torch.Tensor:
-    """Replace each dropped point (N x P mask) by a random kept point of its cloud."""
+@POINT_FILLS.register("duplicate")
+def _duplicate(x: torch.Tensor, dropped: torch.Tensor, params: FillParams,
+               gen: torch.Generator | None) -> torch.Tensor:
+    """Each dropped point (N x P mask) becomes a copy of a random kept point of its cloud (the
+    origin when a cloud lost every point)."""
     out = x.clone()
     for i in torch.nonzero(dropped.any(dim=1)).flatten().tolist():
         kept = torch.nonzero(~dropped[i]).flatten()
         lost = torch.nonzero(dropped[i]).flatten()
-        if kept.numel() == 0:  # everything dropped: nothing to copy, fall back to the origin
+        if kept.numel() == 0:
             out[i, lost] = 0
             continue
         pick = torch.randint(0, kept.numel(), (lost.numel(),), generator=gen).to(kept.device)
         out[i, lost] = x[i, kept[pick]]
     return out
+
+
+for _name, _fn in (("zero", _zero), ("constant", _constant), ("noise", _noise)):
+    FILLS.add(_name, _fn)
+    POINT_FILLS.add(_name, _fn)
 
 
 def apply_fill(
@@ -90,10 +93,6 @@ def apply_fill(
 ) -> torch.Tensor:
     """Return ``inputs`` with elements where ``dropped`` (N x H x W or N x P) is set replaced."""
     table = FILLS if inputs.ndim == 4 else POINT_FILLS
-    if fill not in table:
-        raise ValueError(f"fill={fill!r} is unknown for this input; known fills: {sorted(table)}")
-    if fill == "duplicate":
-        return _fill_duplicate(inputs, dropped, generator)
-    replacement = table[fill](inputs, params, generator)
+    replacement = table.get(fill)(inputs, dropped, params, generator)
     mask = dropped.unsqueeze(1) if inputs.ndim == 4 else dropped.unsqueeze(2)
     return torch.where(mask, replacement, inputs)

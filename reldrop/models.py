@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from reldrop.registry import Registry
+
 __all__ = ["MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model", "resolve_model"]
 
 
@@ -112,11 +114,10 @@ class PointNet(nn.Module):
 
 ModelFactory = Callable[..., nn.Module]
 #: built-in models: name -> factory(in_channels=, num_classes=)
-MODELS: dict[str, ModelFactory] = {
-    "small-cnn": SmallVGG,
-    "resnet18": SmallResNet18,
-    "pointnet": PointNet,
-}
+MODELS: Registry[ModelFactory] = Registry("model")
+MODELS.add("small-cnn", SmallVGG)
+MODELS.add("resnet18", SmallResNet18)
+MODELS.add("pointnet", PointNet)
 
 
 def _torchvision_factory(name: str, arch: str) -> ModelFactory:

@@ -37,6 +37,7 @@ import torch
 
 from reldrop.fills import FILLS, POINT_FILLS, FillParams, apply_fill
 from reldrop.keyed import sub_generator
+from reldrop.registry import Registry
 
 __all__ = [
     "STRATEGIES",
@@ -275,17 +276,19 @@ def _none(x, rel, applied, cfg, draws):  # type: ignore[no-untyped-def]
 
 
 _IMAGE = ("image",)
-STRATEGIES: dict[str, _Strategy] = {
-    "none": _Strategy(_none, False, ("image", "points"), {"fill": "zero"}),
-    "reldrop-pixel": _Strategy(_pixel_rule, True, _IMAGE, {"alpha": 0.3, "beta": 0.5, "fill": "zero"}),
-    "reldrop-block": _Strategy(_block, True, _IMAGE, {"top_k": 1, "fill": "zero", "coin": "batch"}),
-    "reldrop-patch": _Strategy(_patch, True, _IMAGE, {"top_k": 5, "fill": "zero", "coin": "batch"}),
-    "reldrop-points": _Strategy(
-        _pixel_rule, True, ("points",), {"alpha": 0.5, "beta": 0.5, "fill": "zero", "p": 1.0}
-    ),
-    "random-erasing": _Strategy(_random_erasing, False, _IMAGE, {"fill": "zero"}),
-    "random-pixel": _Strategy(_random_pixel, False, ("image", "points"), {"fill": "zero"}),
-}
+STRATEGIES: Registry[_Strategy] = Registry("strategy")
+STRATEGIES.add("none", _Strategy(_none, False, ("image", "points"), {"fill": "zero"}))
+STRATEGIES.add("reldrop-pixel",
+               _Strategy(_pixel_rule, True, _IMAGE, {"alpha": 0.3, "beta": 0.5, "fill": "zero"}))
+STRATEGIES.add("reldrop-block",
+               _Strategy(_block, True, _IMAGE, {"top_k": 1, "fill": "zero", "coin": "batch"}))
+STRATEGIES.add("reldrop-patch",
+               _Strategy(_patch, True, _IMAGE, {"top_k": 5, "fill": "zero", "coin": "batch"}))
+STRATEGIES.add("reldrop-points", _Strategy(
+    _pixel_rule, True, ("points",), {"alpha": 0.5, "beta": 0.5, "fill": "zero", "p": 1.0}))
+STRATEGIES.add("random-erasing", _Strategy(_random_erasing, False, _IMAGE, {"fill": "zero"}))
+STRATEGIES.add("random-pixel",
+               _Strategy(_random_pixel, False, ("image", "points"), {"fill": "zero"}))
 
 
 class Occluder:

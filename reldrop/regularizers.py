@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reldrop.registry import Registry
+
 __all__ = [
     "REGULARIZERS",
     "ActDiff",
@@ -438,7 +440,7 @@ def isnet_heatmap_loss(
 # --- registry ----------------------------------------------------------------------------------
 
 #: name -> Regularizer class
-REGULARIZERS: dict[str, type[Regularizer]] = {}
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
 
 def register_regularizer(name: str) -> Callable[[type[Regularizer]], type[Regularizer]]:
@@ -446,8 +448,7 @@ def register_regularizer(name: str) -> Callable[[type[Regularizer]], type[Regula
 
     def wrap(cls: type[Regularizer]) -> type[Regularizer]:
         cls.name = name
-        REGULARIZERS[name] = cls
-        return cls
+        return REGULARIZERS.add(name, cls)
 
     return wrap
 

@@ -1,4 +1,4 @@
-"""The KubeRay manifests, container image and ignore files under k8s/ (issue 6).
+"""The KubeRay manifests, container image and ignore files under k8s/.
 
 Checks what a reviewer would: versions agree with constraints.txt, every pod is non-root and
 bounded, no credentials are inline, the dashboard stays inside the cluster, the entrypoint is a

@@ -270,12 +270,12 @@ def _parallel_runs(
 ) -> None:
     """Each run as a Ray task (its trainer, reads and explainers take the resources), at most
     ``cfg.parallel`` at a time; explainer CPUs are sized from a 1/parallel share of the cluster
-    so that concurrent runs cannot starve each other's reads (ARCHITECTURE.md §5)."""
+    so that concurrent runs cannot starve each other's reads (two deadlocks measured on 2-CPU machines)."""
     import ray  # noqa: PLC0415
 
-    from reldrop.pipeline.training.driver import READ_CPUS, _init_ray  # noqa: PLC0415
+    from reldrop.pipeline.training.driver import READ_CPUS, init_ray  # noqa: PLC0415
 
-    _init_ray(cfg.base_train_config())
+    init_ray(cfg.base_train_config())
     share = float(ray.cluster_resources().get("CPU", 0)) / cfg.parallel
     explainer_cpus = share - 1.0 - 3 * READ_CPUS  # a trainer, the train and two test reads
     if explainer_cpus < 0.25:

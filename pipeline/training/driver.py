@@ -118,9 +118,6 @@ def init_ray(cfg: TrainConfig) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-_init_ray = init_ray  # the name older callers import
-
-
 @dataclass(frozen=True)
 class _Run:
     """One run's identity and the facts its parts share."""

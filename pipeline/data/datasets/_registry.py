@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from reldrop.registry import Registry
+
 __all__ = [
     "BuildOptions",
     "DatasetSource",
@@ -61,16 +63,14 @@ class DatasetSource:
 
 
 Builder = Callable[[str | None, BuildOptions], DatasetSource]
-_REGISTRY: dict[str, tuple[Builder, bool]] = {}
+_REGISTRY: Registry[tuple[Builder, bool]] = Registry("dataset")
 
 
 def register_dataset(name: str, *, takes_path: bool = False) -> Callable[[Builder], Builder]:
     """Register a builder under ``name`` (``name:PATH`` on the command line if ``takes_path``)."""
 
     def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = (builder, takes_path)
+        _REGISTRY.add(name, (builder, takes_path))
         return builder
 
     return decorator

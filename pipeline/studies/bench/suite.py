@@ -1,6 +1,6 @@
 """``run_bench``: every benchmark section in one process and one Ray session.
 
-Sections (issue 7): trainer critical path, explainer efficiency, weight sync, staleness,
+Sections: trainer critical path, explainer efficiency, weight sync, staleness,
 end to end, and the same on GPU when asked for and present. Pipeline runs of ``none``,
 ``async`` and ``sync`` are interleaved (round after round) so drift on a shared machine hits
 all three alike; each figure is the median over rounds.
@@ -171,7 +171,8 @@ def _gpu(cfg: BenchConfig, base: TrainConfig, out: Path, spec: ModelSpec) -> dic
         return result
     table = _mode_table(runs)
     result.update(
-        modes=table, runs=runs, explainers_on="cpu",
+        modes=table, runs=runs,
+        explainers_on="cpu" if base.explainer_gpus == 0 else "gpu (shared with the trainer on one GPU)",
         critical_path_ratio_async=_ratio(table["async"]["compute_s_per_step"], table["none"]["compute_s_per_step"]),
         critical_path_ratio_sync=_ratio(table["sync"]["compute_s_per_step"], table["none"]["compute_s_per_step"]),
     )
