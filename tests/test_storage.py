@@ -202,11 +202,22 @@ def _one_line(err: pytest.ExceptionInfo, *words: str) -> str:
     return text
 
 
-def test_no_such_bucket(s3_env: str) -> None:
-    with pytest.raises(NoSuchBucket) as err:
-        cli(["make-shards", "--dataset", "digits", "--limit", "20", "--no-progress",
-             "--out", "s3://no-such-bucket/ds", "--storage-options", _options(s3_env)])
-    _one_line(err, "'no-such-bucket'", "s3://no-such-bucket/ds", s3_env, "create it")
+def _job_line(capsys: pytest.CaptureFixture[str], argv: list[str], *words: str) -> str:
+    """Run a job that must fail: exit code 2 and one line on stderr holding ``words``."""
+    assert cli(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"reldrop {argv[0]}: "), lines
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+def test_no_such_bucket(s3_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _job_line(capsys, ["make-shards", "--dataset", "digits", "--limit", "20", "--no-progress",
+                       "--out", "s3://no-such-bucket/ds", "--storage-options", _options(s3_env)],
+              "'no-such-bucket'", "s3://no-such-bucket/ds", s3_env, "create it")
+    with pytest.raises(NoSuchBucket):
+        resolve("s3://no-such-bucket/ds/manifest.parquet")
 
 
 def test_access_denied(s3_env: str) -> None:
@@ -231,25 +242,29 @@ def test_access_denied(s3_env: str) -> None:
     _one_line(err, "access denied", "'private'", "s3://private/ds/manifest.parquet", "Secret")
 
 
-def test_missing_credentials(s3_env: str, monkeypatch, tmp_path: Path) -> None:
+def test_missing_credentials(
+    s3_env: str, monkeypatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with pytest.raises(MissingCredentials) as err:
-        cli(["train", "--train", "s3://bucket/ds#train", "--storage-options", _options(s3_env)])
-    _one_line(err, "no credentials", "s3://bucket/ds", "AWS_ACCESS_KEY_ID", "anon")
+    _job_line(capsys, ["train", "--train", "s3://bucket/ds#train", "--storage-options",
+                       _options(s3_env)],
+              "no credentials", "s3://bucket/ds", "AWS_ACCESS_KEY_ID", "anon")
+    with pytest.raises(MissingCredentials):
+        resolve("s3://bucket/ds/manifest.parquet")
 
 
-def test_unreachable_endpoint_fails_fast(s3_env: str) -> None:
+def test_unreachable_endpoint_fails_fast(s3_env: str, capsys: pytest.CaptureFixture[str]) -> None:
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     start = time.perf_counter()
     before = storage_retries()
-    with pytest.raises(Unreachable) as err:
-        cli(["train", "--train", "s3://bucket/ds#train", "--storage-options", _options(endpoint)])
+    _job_line(capsys, ["train", "--train", "s3://bucket/ds#train", "--storage-options",
+                       _options(endpoint)],
+              "cannot reach", endpoint, "s3://bucket/ds", "AWS_ENDPOINT_URL")
     assert time.perf_counter() - start < 10, "connection refused is not retried"
     assert storage_retries() == before
-    _one_line(err, "cannot reach", endpoint, "s3://bucket/ds", "AWS_ENDPOINT_URL")
 
 
 def test_unreachable_http_host(s3_env: str) -> None:
