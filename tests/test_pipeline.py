@@ -215,7 +215,7 @@ def test_two_trainers_ddp_async(decoy_root, tmp_path):
     assert report["counts"]["stale"] == beyond
     if report["counts"]["gate_timeouts"] == 0:
         assert report["staleness"]["max"] <= report["staleness_bound"], hist
-    assert len(report["versions_seen"]) >= 3
+    assert len(report["versions_seen"]) >= 2  # versions advance (fewer while the gate stalls)
 
 
 def test_two_trainers_survive_a_rank_whose_batches_are_all_skipped(tmp_path):

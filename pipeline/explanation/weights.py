@@ -143,6 +143,7 @@ class WeightStoreClient:
         self.recreated = 0
         self._handle: Any = None
         self._created: Any = None  # the creating handle: the actor lives while it is held
+        self._had_store = False  # a store was found or made once (a later creation recreates)
         self._looked_up = time.monotonic()
         self._connect()
 
@@ -154,12 +155,15 @@ class WeightStoreClient:
             if not self.create:
                 self._handle = None
                 return None
+            if self._had_store:  # it existed and is gone: this is a recreation
+                self.recreated += 1
             self._handle = WeightStore.options(  # type: ignore[attr-defined]
                 name=self.name, namespace=STORE_NAMESPACE, get_if_exists=True,
             ).remote(max_ahead=self.max_ahead, expected=self.expected)
             # a handle from ray.get_actor does not keep a non-detached actor alive: dropping
             # this one (e.g. when _tell looks the store up again) would end the store
             self._created = self._handle
+        self._had_store = True
         return self._handle
 
     @property
@@ -181,8 +185,7 @@ class WeightStoreClient:
             except ray.exceptions.RayError:  # died, unavailable, timed out
                 self.failures += 1
                 self._handle = None
-                if self.create and attempt == 0:
-                    self.recreated += 1
+                if self.create and attempt == 0:  # _connect recreates it (and counts that)
                     continue
                 return None
         return None
