@@ -109,9 +109,10 @@ def ray_local(request):
     """One small local Ray cluster shared by every Ray test (2 CPUs, like CI); its workers
     reach the session's local S3 server as a cluster's pods would (settings + Secret env)."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": _ray_worker_env(request)})
+    if ray.is_initialized():  # a job run in process started its own: its workers lack the env
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": _ray_worker_env(request)})
     yield ray
     ray.shutdown()
 
