@@ -137,9 +137,9 @@ class CompareConfig:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    from reldrop.pipeline.studies.evaluate import _json_safe  # noqa: PLC0415 (NaN -> null, as evaluation.json)
+    from reldrop.pipeline.training.report import json_safe  # noqa: PLC0415 (NaN -> null)
 
-    path.write_text(json.dumps(_json_safe(value), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
 
 def _finite(value: Any) -> float | None:

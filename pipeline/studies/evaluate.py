@@ -22,6 +22,7 @@ from torch import nn
 from reldrop.checkpoint import ModelSpec, load_checkpoint
 from reldrop.evaluation import FRACTIONS, EvaluationResult, evaluate
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
+from reldrop.pipeline.training.report import json_safe
 
 __all__ = ["DEFAULT_SPLIT", "evaluate_checkpoint", "evaluate_model", "sample_batches"]
 
@@ -33,17 +34,6 @@ def _tensor(value: Any) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         return torch.from_numpy(np.array(value))  # a writable copy (decoded arrays may be read-only)
     return torch.as_tensor(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None, recursively (strict JSON)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def sample_batches(
@@ -209,6 +199,6 @@ def evaluate_checkpoint(
     report["plots"] = _plots(out, results, spec) if plots else []
     if extra:
         report["checkpoint_extra"] = extra
-    report = _json_safe(report)
+    report = json_safe(report)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report

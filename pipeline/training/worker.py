@@ -136,7 +136,7 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
         w.sync.consumed(len(batch["label"]))
     x, y, masks = _inputs(w, batch, plan, epoch)
     outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
-                         placeholder=_placeholder(w, batch),
+                         placeholder=x[:1] if len(y) else _placeholder(w, batch),
                          clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None))
     if not outcome.stepped:
         return
