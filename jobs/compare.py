@@ -11,6 +11,12 @@ Ray, the in-loop way): per method a grid (log-scale weights, RelDrop p/alpha/bet
 winner chosen on the in-distribution ``val`` split only, written to ``OUT/search.json`` and
 ``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test, e.g.
 ``reldrop make-shards --dataset viviano-synthetic --out data/viviano``.
+
+``--staleness`` runs the staleness study in this process: the baseline, in-loop RelDrop and
+RelDrop explained with weights as stale as each ``--bounds`` x ``--intervals`` pair allows,
+over the same seeds, written to ``OUT/staleness.json``, ``.md`` and ``.png`` (the OOD gain kept
+relative to in-loop RelDrop). ``--methods`` names the one RelDrop strategy (default
+``reldrop-block``), ``--params`` its settings as JSON.
 """
 
 from __future__ import annotations
@@ -63,7 +69,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
                    help="--search: replace METHOD's grid by these values (lambda for a "
                    "regularizer, p for an augmentation); repeatable")
+    p.add_argument("--staleness", action="store_true",
+                   help="run the staleness study (in process) instead of the comparison")
+    p.add_argument("--bounds", type=_int_list, default=[1, 2, 4, 8, 16],
+                   help="--staleness: staleness bounds in trainer steps")
+    p.add_argument("--intervals", type=_int_list, default=[1, 2, 4],
+                   help="--staleness: weight publish intervals in trainer steps")
+    p.add_argument("--batch-size", type=int, default=64, help="--staleness: trainer batch size")
+    p.add_argument("--params", type=_json_object, default={"p": 1.0},
+                   help="--staleness: the RelDrop strategy's settings as a JSON object")
     return p
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers >= 1")
+    return values
+
+
+def _json_object(text: str) -> dict[str, object]:
+    import json  # noqa: PLC0415
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON object like '{{\"p\": 1.0}}'")
+    return value
 
 
 def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, list[dict[str, float]]]:
@@ -89,6 +126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     parser = build_parser()
     args = parse_with_config(parser, argv)
+    if args.staleness:
+        return _staleness_args(parser, args)
     known = GRIDS if args.search != "off" else METHODS
     if args.methods is None:
         args.methods = list(known)
@@ -103,6 +142,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if value < 1:
             parser.error(f"{flag} {value}; expected an integer >= 1")
     return args
+
+
+def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    args.methods = args.methods or ["reldrop-block"]
+    if len(args.methods) != 1 or not args.methods[0].startswith("reldrop-"):
+        parser.error(f"--staleness --methods {args.methods}: expected one of reldrop-pixel, "
+                     "reldrop-block, reldrop-patch")
+    if not args.data:
+        parser.error("--staleness needs --data ROOT (splits train, val, test)")
+    if args.search != "off":
+        parser.error("--staleness and --search are separate studies; give one")
+    if min(args.seeds, args.epochs, args.batch_size) < 1:
+        parser.error(f"--seeds {args.seeds} --epochs {args.epochs} --batch-size {args.batch_size}: "
+                     "expected integers >= 1")
+    return args
+
+
+def _main_staleness(args: argparse.Namespace) -> int:
+    from reldrop.pipeline.studies.staleness import StalenessConfig, run_staleness_study  # noqa: PLC0415
+
+    cfg = StalenessConfig(
+        data=args.data, method=args.methods[0], params=args.params, bounds=tuple(args.bounds),
+        intervals=tuple(args.intervals), seeds=tuple(range(args.seeds)), epochs=args.epochs,
+        batch_size=args.batch_size, limit=args.limit, model=args.model, out=args.out,
+    )
+    result = run_staleness_study(cfg, log=lambda line: print(line, flush=True))
+    print(result["table"])
+    print(f"wrote {args.out}/staleness.json, staleness.md"
+          + (", staleness.png" if result["plot"] else "") + f" in {result['wall_s']:.0f}s")
+    return 0
 
 
 def _main_search(args: argparse.Namespace) -> int:
@@ -124,6 +193,8 @@ def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.studies.compare import CompareConfig, run_comparison  # noqa: PLC0415 (heavy import)
 
     configure_storage(args.storage_options)
+    if args.staleness:
+        return _main_staleness(args)
     if args.search != "off":
         return _main_search(args)
 

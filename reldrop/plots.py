@@ -17,6 +17,7 @@ from reldrop.normalization import Normalization
 
 __all__ = [
     "plot_comparison_bars",
+    "plot_lines",
     "plot_occlusion_curves",
     "plot_relevance_grid",
     "plot_training_curves",
@@ -169,4 +170,32 @@ def plot_comparison_bars(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_lines(
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    reference: float | None = None,
+) -> Path:
+    """One line per ``series`` entry (label -> [(x, y), ...]); ``reference`` a dashed level."""
+    if not series:
+        raise ValueError("series is empty; expected label -> [(x, y), ...]")
+    fig = _figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    for label, points in series.items():
+        xs, ys = zip(*sorted(points), strict=True) if points else ((), ())
+        ax.plot(xs, ys, marker="o", label=label)
+    if reference is not None:
+        ax.axhline(reference, linestyle="--", color="grey", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -22,6 +22,7 @@ from torch import nn
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
+from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
 __all__ = ["RunSpec", "SplitData", "accuracy_of", "load_splits", "train_in_process"]
@@ -79,6 +80,11 @@ class RunSpec:
     batch_size: int = 64
     lr: float = 0.05
     composite: str = "reference"
+    #: stale relevance (see :class:`~reldrop.pipeline.studies.lag.WeightLag`): explain each
+    #: batch ``lag`` steps before training on it, with weights published every ``publish_every``
+    #: steps; 0 and 1 are the in-loop (sync) method
+    lag: int = 0
+    publish_every: int = 1
 
     def __post_init__(self) -> None:
         if self.regularizer != "none" and self.augment != "none":
@@ -86,6 +92,13 @@ class RunSpec:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: "
                              "expected positive values")
+        if self.lag < 0 or self.publish_every < 1:
+            raise ValueError(f"lag={self.lag}, publish_every={self.publish_every}: expected "
+                             "lag >= 0 and publish_every >= 1")
+
+    @property
+    def stale(self) -> bool:
+        return self.augment != "none" and (self.lag > 0 or self.publish_every > 1)
 
 
 def _normalization(train: SplitData) -> Normalization:
@@ -109,9 +122,11 @@ def accuracy_of(model: nn.Module, data: SplitData, normalization: Normalization)
 
 
 def train_in_process(
-    spec: RunSpec, train: SplitData, *, num_classes: int, seed: int
+    spec: RunSpec, train: SplitData, *, num_classes: int, seed: int,
+    info: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
-    """Train ``spec`` on ``train`` with ``seed``; return the model (eval mode) and its spec."""
+    """Train ``spec`` on ``train`` with ``seed``; return the model (eval mode) and its spec.
+    ``info``, if given, receives the staleness of a lagged run (mean and max, in steps)."""
     torch.manual_seed(seed)
     normalization = _normalization(train)
     mspec = ModelSpec(name=spec.model, in_channels=int(train.images.shape[1]),
@@ -125,6 +140,8 @@ def train_in_process(
     if spec.augment != "none":
         augment = RelDrop(model, spec.augment, composite=spec.composite, bounds=bounds, seed=seed,
                           **dict(spec.params))
+    lag = WeightLag(model, delay=spec.lag, publish_every=spec.publish_every) if spec.stale else None
+    step = 0
     order_gen = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(spec.epochs):
@@ -135,12 +152,18 @@ def train_in_process(
             y = train.labels[idx]
             masks = train.masks[idx] if train.masks is not None else None
             if augment is not None:
+                if lag is not None:
+                    augment.model = lag.at(step)
                 x = augment(x, y, keys=[train.keys[i] for i in idx.tolist()], epoch=epoch).inputs
             out = regularizer(model, x, y, masks)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             regularizer.clip_gradients(model)
             optimizer.step()
+            step += 1
+    if info is not None and lag is not None:
+        info.update(staleness_mean=sum(lag.staleness) / len(lag.staleness),
+                    staleness_max=max(lag.staleness))
     model.eval()
     return model, mspec
 

@@ -1,0 +1,91 @@
+"""The in-process staleness study: the lagged explainer replica and the study job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from reldrop.jobs.compare import main, parse_args
+from reldrop.pipeline.studies.lag import WeightLag, delay_for_bound
+
+
+def _step(model: nn.Module, step: int) -> None:
+    with torch.no_grad():
+        model.weight.fill_(float(step + 1))  # weights after `step + 1` updates
+
+
+def test_replica_holds_the_version_published_delay_steps_before() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    _step(model, -1)  # version 0: weight 0
+    lag = WeightLag(model, delay=3, publish_every=2)
+    seen = []
+    for step in range(10):
+        seen.append(float(lag.at(step).weight.detach()))
+        _step(model, step)
+    # step t explains with version floor((t - 3) / 2) * 2 (weight = version), 0 before step 3
+    assert seen == [0, 0, 0, 0, 0, 2, 2, 4, 4, 6]
+    assert lag.staleness == [0, 1, 2, 3, 4, 3, 4, 3, 4, 3]
+    assert max(lag.staleness) == 3 + 2 - 1
+    assert len(lag._versions) <= 3  # old versions are dropped
+    assert lag.replica is not model and float(model.weight) == 10
+
+
+def test_no_delay_every_step_is_the_live_model() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    lag = WeightLag(model, delay=0, publish_every=1)
+    for step in range(4):
+        _step(model, step - 1)
+        assert torch.equal(lag.at(step).weight, model.weight)
+    assert lag.staleness == [0, 0, 0, 0]
+
+
+def test_delay_for_bound() -> None:
+    assert delay_for_bound(8, 2) == 7
+    assert delay_for_bound(1, 1) == 1
+    assert delay_for_bound(3, 4) == 0
+    with pytest.raises(ValueError, match="expected bound >= interval - 1"):
+        delay_for_bound(1, 4)
+
+
+def test_staleness_arguments() -> None:
+    args = parse_args(["--staleness", "--data", "x"])
+    assert args.methods == ["reldrop-block"] and args.bounds == [1, 2, 4, 8, 16]
+    assert args.params == {"p": 1.0}
+    for bad in (["--methods", "gradmask"], ["--methods", "reldrop-pixel,reldrop-block"],
+                ["--bounds", "0,2"], ["--params", "[1]"], ["--search", "quick"]):
+        with pytest.raises(SystemExit):
+            parse_args(["--staleness", "--data", "x", *bad])
+    with pytest.raises(SystemExit):
+        parse_args(["--staleness"])  # needs --data
+
+
+def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
+    from reldrop.pipeline.data.datasets import build_dataset
+
+    root = str(tmp_path / "viv")
+    build_dataset("viviano-synthetic", root, limit=100, progress=False)
+    out = tmp_path / "study"
+    code = main(parse_args(["--staleness", "--data", root, "--bounds", "1,4", "--intervals", "1,4",
+                            "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--out", str(out)]))
+    assert code == 0
+    result = json.loads((out / "staleness.json").read_text())
+    # bound 1 with interval 4 cannot hold and is left out
+    assert list(result["runs"]) == ["none", "sync", "bound 1, every 1", "bound 4, every 1",
+                                    "bound 4, every 4"]
+    for name, runs in result["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        if name.startswith("bound"):
+            bound = int(name.split()[1].rstrip(","))
+            assert all(r["staleness_max"] == bound for r in runs)  # as stale as the bound allows
+    summary = result["summary"]
+    assert summary["sync"]["staleness_max"] == 0
+    assert summary["bound 4, every 4"]["staleness_mean"] > summary["bound 1, every 1"]["staleness_mean"]
+    gain = summary["sync"]["gain"]
+    for name, row in summary.items():
+        if name != "none" and gain > 0:
+            assert row["retained"] == pytest.approx(row["gain"] / gain)
+    assert "| bound 4, every 4 |" in (out / "staleness.md").read_text()
+    assert "[staleness] sync: OOD" in capsys.readouterr().out
