@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from reldrop.jobs._args import new_parser, parse_with_config
 from reldrop.pipeline.data.storage import configure_storage
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
                    help="--search: replace METHOD's grid by these values (lambda for a "
                    "regularizer, p for an augmentation); repeatable")
+    p.add_argument("--readme", default=None, metavar="FILE#NAME",
+                   help="--search/--staleness: also write the table between the "
+                   "'<!-- results:NAME -->' markers of FILE, with this command and the machine")
     p.add_argument("--staleness", action="store_true",
                    help="run the staleness study (in process) instead of the comparison")
     p.add_argument("--bounds", type=_int_list, default=[1, 2, 4, 8, 16],
@@ -137,6 +141,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.search != "off" and not args.data:
         parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
     args.grid = _grids(parser, args.grid)
+    if args.readme is not None and args.search == "off":
+        parser.error("--readme works with --search or --staleness")
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),
                         ("--eval-limit", args.eval_limit), ("--parallel", args.parallel)):
         if value < 1:
@@ -153,10 +159,22 @@ def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--staleness needs --data ROOT (splits train, val, test)")
     if args.search != "off":
         parser.error("--staleness and --search are separate studies; give one")
+    if args.readme is not None and "#" not in args.readme:
+        parser.error(f"--readme {args.readme!r}: expected FILE#NAME, e.g. README.md#staleness")
     if min(args.seeds, args.epochs, args.batch_size) < 1:
         parser.error(f"--seeds {args.seeds} --epochs {args.epochs} --batch-size {args.batch_size}: "
                      "expected integers >= 1")
     return args
+
+
+def _splice(target: str | None, table: Path) -> None:
+    """Copy a study's Markdown (less its title) into ``target`` (``FILE#NAME``)."""
+    if target is None:
+        return
+    from reldrop.pipeline.studies.readme import splice_section  # noqa: PLC0415
+
+    body = "\n".join(line for line in table.read_text().splitlines() if not line.startswith("# "))
+    print(f"updated {splice_section(target, body)} section {target.partition('#')[2]!r}")
 
 
 def _main_staleness(args: argparse.Namespace) -> int:
@@ -169,6 +187,7 @@ def _main_staleness(args: argparse.Namespace) -> int:
     )
     result = run_staleness_study(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])
+    _splice(args.readme, Path(args.out) / "staleness.md")
     print(f"wrote {args.out}/staleness.json, staleness.md"
           + (", staleness.png" if result["plot"] else "") + f" in {result['wall_s']:.0f}s")
     return 0
@@ -185,6 +204,7 @@ def _main_search(args: argparse.Namespace) -> int:
     )
     result = run_search(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])
+    _splice(args.readme, Path(args.out) / "search.md")
     print(f"wrote {args.out}/search.json, {args.out}/search.md in {result['wall_s']:.0f}s")
     return 0
 

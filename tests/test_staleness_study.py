@@ -30,7 +30,7 @@ def test_replica_holds_the_version_published_delay_steps_before() -> None:
     assert lag.staleness == [0, 1, 2, 3, 4, 3, 4, 3, 4, 3]
     assert max(lag.staleness) == 3 + 2 - 1
     assert len(lag._versions) <= 3  # old versions are dropped
-    assert lag.replica is not model and float(model.weight) == 10
+    assert lag.replica is not model and float(model.weight.detach()) == 10
 
 
 def test_no_delay_every_step_is_the_live_model() -> None:
@@ -68,8 +68,11 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=100, progress=False)
     out = tmp_path / "study"
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:st -->\nold table\n<!-- /results:st -->\nrest\n")
     code = main(parse_args(["--staleness", "--data", root, "--bounds", "1,4", "--intervals", "1,4",
-                            "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--out", str(out)]))
+                            "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--out", str(out),
+                            "--readme", f"{readme}#st"]))
     assert code == 0
     result = json.loads((out / "staleness.json").read_text())
     # bound 1 with interval 4 cannot hold and is left out
@@ -89,3 +92,23 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
             assert row["retained"] == pytest.approx(row["gain"] / gain)
     assert "| bound 4, every 4 |" in (out / "staleness.md").read_text()
     assert "[staleness] sync: OOD" in capsys.readouterr().out
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `reldrop ") and "old table" not in text
+    assert "| bound 4, every 4 |" in text and text.endswith("<!-- /results:st -->\nrest\n")
+    assert "CPUs" in text and "torch" in text
+
+
+def test_splice_needs_one_pair_of_markers(tmp_path) -> None:
+    from reldrop.pipeline.studies.readme import splice_section
+
+    path = tmp_path / "R.md"
+    path.write_text("<!-- results:a -->\nx\n<!-- /results:a -->\n")
+    splice_section(f"{path}#a", "| t |", command="reldrop compare --x")
+    assert "Regenerate: `reldrop compare --x`" in path.read_text() and "| t |" in path.read_text()
+    splice_section(f"{path}#a", "| u |", command="c")  # idempotent markers: a second run replaces
+    assert "| t |" not in path.read_text() and path.read_text().count("results:a") == 2
+    for target, match in ((f"{path}#b", "expected one '<!-- results:b -->'"),
+                          (str(path), "expected FILE#NAME"),
+                          (f"{tmp_path}/none.md#a", "is not a file")):
+        with pytest.raises(ValueError, match=match):
+            splice_section(target, "t")
