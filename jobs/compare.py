@@ -16,7 +16,7 @@ winner chosen on the in-distribution ``val`` split only, written to ``OUT/search
 RelDrop explained with weights as stale as each ``--bounds`` x ``--intervals`` pair allows,
 over the same seeds, written to ``OUT/staleness.json``, ``.md`` and ``.png`` (the OOD gain kept
 relative to in-loop RelDrop). ``--methods`` names the one RelDrop strategy (default
-``reldrop-block``), ``--params`` its settings as JSON.
+``reldrop-pixel``), ``--params`` its settings as JSON.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intervals", type=_int_list, default=[1, 2, 4],
                    help="--staleness: weight publish intervals in trainer steps")
     p.add_argument("--batch-size", type=int, default=64, help="--staleness: trainer batch size")
-    p.add_argument("--params", type=_json_object, default={"p": 1.0},
-                   help="--staleness: the RelDrop strategy's settings as a JSON object")
+    p.add_argument("--params", type=_json_object, default={},
+                   help="--staleness: the RelDrop strategy's settings as a JSON object "
+                   "(default: its own defaults)")
     return p
 
 
@@ -151,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    args.methods = args.methods or ["reldrop-block"]
+    args.methods = args.methods or ["reldrop-pixel"]
     if len(args.methods) != 1 or not args.methods[0].startswith("reldrop-"):
         parser.error(f"--staleness --methods {args.methods}: expected one of reldrop-pixel, "
                      "reldrop-block, reldrop-patch")
@@ -183,7 +184,8 @@ def _main_staleness(args: argparse.Namespace) -> int:
     cfg = StalenessConfig(
         data=args.data, method=args.methods[0], params=args.params, bounds=tuple(args.bounds),
         intervals=tuple(args.intervals), seeds=tuple(range(args.seeds)), epochs=args.epochs,
-        batch_size=args.batch_size, limit=args.limit, model=args.model, out=args.out,
+        batch_size=args.batch_size, limit=args.limit, eval_limit=args.eval_limit, model=args.model,
+        out=args.out,
     )
     result = run_staleness_study(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])

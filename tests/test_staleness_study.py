@@ -52,8 +52,8 @@ def test_delay_for_bound() -> None:
 
 def test_staleness_arguments() -> None:
     args = parse_args(["--staleness", "--data", "x"])
-    assert args.methods == ["reldrop-block"] and args.bounds == [1, 2, 4, 8, 16]
-    assert args.params == {"p": 1.0}
+    assert args.methods == ["reldrop-pixel"] and args.bounds == [1, 2, 4, 8, 16]
+    assert args.params == {}
     for bad in (["--methods", "gradmask"], ["--methods", "reldrop-pixel,reldrop-block"],
                 ["--bounds", "0,2"], ["--params", "[1]"], ["--search", "quick"]):
         with pytest.raises(SystemExit):
@@ -71,7 +71,8 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:st -->\nold table\n<!-- /results:st -->\nrest\n")
     code = main(parse_args(["--staleness", "--data", root, "--bounds", "1,4", "--intervals", "1,4",
-                            "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--out", str(out),
+                            "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--eval-limit", "8",
+                            "--out", str(out),
                             "--readme", f"{readme}#st"]))
     assert code == 0
     result = json.loads((out / "staleness.json").read_text())
@@ -86,12 +87,14 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     summary = result["summary"]
     assert summary["sync"]["staleness_max"] == 0
     assert summary["bound 4, every 4"]["staleness_mean"] > summary["bound 1, every 1"]["staleness_mean"]
-    gain = summary["sync"]["gain"]
-    for name, row in summary.items():
-        if name != "none" and gain > 0:
-            assert row["retained"] == pytest.approx(row["gain"] / gain)
+    for key in ("ood_accuracy", "relevance_auc"):
+        gain = summary["sync"][key]["gain"]
+        for name, row in summary.items():
+            assert row[key]["retained"] == (row[key]["gain"] / gain if gain > 0 and name != "none"
+                                            else None)
+        assert all(0 <= r[key] <= 1 for runs in result["runs"].values() for r in runs)
     assert "| bound 4, every 4 |" in (out / "staleness.md").read_text()
-    assert "[staleness] sync: OOD" in capsys.readouterr().out
+    assert "[staleness] sync: OOD acc." in capsys.readouterr().out
     text = readme.read_text()
     assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `reldrop ") and "old table" not in text
     assert "| bound 4, every 4 |" in text and text.endswith("<!-- /results:st -->\nrest\n")

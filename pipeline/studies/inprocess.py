@@ -25,7 +25,8 @@ from reldrop.normalization import Normalization
 from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
-__all__ = ["RunSpec", "SplitData", "accuracy_of", "load_splits", "train_in_process"]
+__all__ = ["RunSpec", "SplitData", "accuracy_of", "load_splits", "occlusion_figures",
+           "train_in_process"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +167,23 @@ def train_in_process(
                     staleness_max=max(lag.staleness))
     model.eval()
     return model, mspec
+
+
+def occlusion_figures(
+    model: nn.Module, spec: ModelSpec, data: SplitData, limit: int, seed: int,
+) -> dict[str, float | None]:
+    """Occlusion AUCs (relevance and random order, their gap), mask relevance share and the
+    features holding half the relevance mass, on the first ``limit`` samples of ``data``."""
+    from reldrop.evaluation import evaluate  # noqa: PLC0415
+
+    n = min(limit, len(data))
+    x = spec.normalization.to_model(data.images[:n])
+    masks = data.masks[:n] if data.masks is not None else None
+    result = evaluate(model, [(x, data.labels[:n], masks)], bounds=spec.normalization.bounds(),
+                      seed=seed)
+    return {"relevance_auc": result.relevance_auc, "random_auc": result.random_auc,
+            "auc_gap": result.random_auc - result.relevance_auc, "mask_share": result.mask_share,
+            "mass50_count": result.mass50_count}
 
 
 def cross_entropy_of(model: nn.Module, data: SplitData, normalization: Normalization) -> float:

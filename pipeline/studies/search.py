@@ -30,6 +30,7 @@ from reldrop.pipeline.studies.inprocess import (
     SplitData,
     accuracy_of,
     load_splits,
+    occlusion_figures,
     train_in_process,
 )
 
@@ -133,19 +134,6 @@ def select(points: Sequence[Mapping[str, Any]], tol: float) -> int:
     return max(i for i, s in enumerate(scores) if s >= best - tol)
 
 
-def _evaluate(model: nn.Module, spec: Any, data: SplitData, limit: int, seed: int) -> dict[str, float | None]:
-    from reldrop.evaluation import evaluate  # noqa: PLC0415
-
-    n = min(limit, len(data))
-    x = spec.normalization.to_model(data.images[:n])
-    masks = data.masks[:n] if data.masks is not None else None
-    result = evaluate(model, [(x, data.labels[:n], masks)], bounds=spec.normalization.bounds(),
-                      seed=seed)
-    return {"relevance_auc": result.relevance_auc, "random_auc": result.random_auc,
-            "auc_gap": result.random_auc - result.relevance_auc, "mask_share": result.mask_share,
-            "mass50_count": result.mass50_count}
-
-
 def _run_point(
     method: str, point: Point, cfg: SearchConfig, splits: Mapping[str, SplitData], num_classes: int,
 ) -> tuple[dict[str, Any], list[tuple[nn.Module, Any]]]:
@@ -180,7 +168,7 @@ def _search_method(
             best_index, best_models = index, models
     assert best_models is not None
     winner = points[best_index]
-    evaluations = [_evaluate(m, s, splits["test-id"], cfg.eval_limit, seed)
+    evaluations = [occlusion_figures(m, s, splits["test-id"], cfg.eval_limit, seed)
                    for (m, s), seed in zip(best_models, cfg.seeds, strict=True)]
     figures = {k: winner[k] for k in ("val_accuracy", "id_accuracy", "ood_accuracy")}
     for key in ("relevance_auc", "random_auc", "auc_gap", "mask_share", "mass50_count"):

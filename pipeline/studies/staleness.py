@@ -7,8 +7,9 @@ RelDrop with relevance as stale as each (bound, publish interval) pair lets it b
 (:class:`~reldrop.pipeline.studies.lag.WeightLag`: explained ``bound - interval + 1`` steps
 ahead with weights published every ``interval`` steps). Occlusion draws are keyed by
 (seed, epoch, key), so the runs of one seed differ only in the weights that explained each
-batch. The figure per setting is the *retained gain*: (OOD accuracy of lagged RelDrop - of the
-baseline) / (OOD of sync RelDrop - of the baseline), means over the seeds. Writes
+batch. The figure per setting is the *retained gain*: (figure of lagged RelDrop - of the
+baseline) / (figure of sync RelDrop - of the baseline), means over the seeds, for the OOD
+accuracy and for the relevance-ordered occlusion AUC (RelDrop's robustness claim). Writes
 ``staleness.json``, ``staleness.md`` and, with the plots extra, ``staleness.png``.
 """
 
@@ -22,7 +23,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reldrop.pipeline.studies.inprocess import RunSpec, accuracy_of, load_splits, train_in_process
+from reldrop.pipeline.studies.inprocess import (
+    RunSpec,
+    accuracy_of,
+    load_splits,
+    occlusion_figures,
+    train_in_process,
+)
 from reldrop.pipeline.studies.lag import delay_for_bound
 
 __all__ = ["StalenessConfig", "format_staleness_table", "run_staleness_study", "summarize_staleness"]
@@ -36,14 +43,15 @@ class StalenessConfig:
     """The study on the shard root ``data`` (splits ``train``, ``val``, ``test``)."""
 
     data: str
-    method: str = "reldrop-block"
-    params: Mapping[str, Any] = field(default_factory=lambda: {"p": 1.0})
+    method: str = "reldrop-pixel"
+    params: Mapping[str, Any] = field(default_factory=dict)
     bounds: tuple[int, ...] = (1, 2, 4, 8, 16)
     intervals: tuple[int, ...] = (1, 2, 4)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 3
     batch_size: int = 64
     limit: int | None = None
+    eval_limit: int = 200
     model: str = "small-cnn"
     out: str = "runs/staleness"
 
@@ -73,50 +81,64 @@ def _specs(cfg: StalenessConfig) -> dict[str, RunSpec]:
     return specs
 
 
-def _run(spec: RunSpec, splits: Mapping[str, Any], num_classes: int, seed: int) -> dict[str, Any]:
+#: the figures whose gain over the baseline the study follows -> table label
+GAINS: dict[str, str] = {"ood_accuracy": "OOD acc.",
+                         "relevance_auc": "relevance-order occlusion AUC"}
+
+
+def _run(spec: RunSpec, splits: Mapping[str, Any], num_classes: int, seed: int,
+         eval_limit: int) -> dict[str, Any]:
     start = time.perf_counter()
     info: dict[str, Any] = {}
     model, mspec = train_in_process(spec, splits["train"], num_classes=num_classes, seed=seed, info=info)
+    figures = occlusion_figures(model, mspec, splits["test-id"], eval_limit, seed)
     return {"seed": seed, "val_accuracy": accuracy_of(model, splits["val"], mspec.normalization),
             "ood_accuracy": accuracy_of(model, splits["test"], mspec.normalization),
+            "relevance_auc": figures["relevance_auc"], "random_auc": figures["random_auc"],
             "seconds": time.perf_counter() - start, **info}
 
 
-def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per setting: mean/std OOD and val accuracy, staleness, and the retained gain (ratio of
-    mean gains; ``None`` when sync RelDrop has no gain to retain)."""
-    def mean(name: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in runs[name])
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
-    sync_gain = mean("sync", "ood_accuracy") - mean("none", "ood_accuracy")
+
+def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per setting and :data:`GAINS` figure: mean, std, gain over the baseline and the retained
+    gain (ratio of mean gains to sync RelDrop's; ``None`` when sync has no gain to retain)."""
     out: dict[str, dict[str, Any]] = {}
     for name, records in runs.items():
-        ood = [r["ood_accuracy"] for r in records]
-        gain = statistics.fmean(ood) - mean("none", "ood_accuracy")
-        out[name] = {
-            "ood_mean": statistics.fmean(ood),
-            "ood_std": statistics.stdev(ood) if len(ood) > 1 else None,
-            "val_mean": mean(name, "val_accuracy"),
-            "gain": gain,
-            "retained": gain / sync_gain if sync_gain > 0 and name != "none" else None,
-            "staleness_mean": (statistics.fmean(r["staleness_mean"] for r in records)
-                               if "staleness_mean" in records[0] else 0.0),
+        row: dict[str, Any] = {
+            "val_mean": statistics.fmean(r["val_accuracy"] for r in records),
+            "staleness_mean": statistics.fmean(r.get("staleness_mean", 0.0) for r in records),
             "staleness_max": max(r.get("staleness_max", 0) for r in records),
-            "seconds_mean": mean(name, "seconds"),
+            "seconds_mean": statistics.fmean(r["seconds"] for r in records),
         }
+        for key in GAINS:
+            mean, std = _mean_std([r[key] for r in records])
+            base = statistics.fmean(r[key] for r in runs["none"])
+            sync_gain = statistics.fmean(r[key] for r in runs["sync"]) - base
+            row[key] = {"mean": mean, "std": std, "gain": mean - base,
+                        "retained": (mean - base) / sync_gain
+                        if sync_gain > 0 and name != "none" else None}
+        out[name] = row
     return out
 
 
 def format_staleness_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: one row per setting."""
-    lines = ["| relevance | staleness mean / max (steps) | val acc. | OOD acc. | OOD gain "
-             "| retained gain |", "|---|---|---|---|---|---|"]
+    """Markdown: one row per setting; per :data:`GAINS` figure mean ± std and retained gain."""
+    head = ["relevance", "staleness mean / max (steps)", "val acc."]
+    for label in GAINS.values():
+        head += [label, "retained gain"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    default = "bound {}, every {}".format(*PIPELINE_DEFAULT)
     for name, row in summary.items():
-        ood = f"{row['ood_mean']:.3f}" + (f" ± {row['ood_std']:.3f}" if row["ood_std"] is not None else "")
-        retained = "–" if row["retained"] is None else f"{100 * row['retained']:.0f} %"
-        label = name + (" (pipeline default)" if name == "bound {}, every {}".format(*PIPELINE_DEFAULT) else "")
-        lines.append(f"| {label} | {row['staleness_mean']:.1f} / {row['staleness_max']} "
-                     f"| {row['val_mean']:.3f} | {ood} | {row['gain']:+.3f} | {retained} |")
+        cells = [name + (" (pipeline default)" if name == default else ""),
+                 f"{row['staleness_mean']:.1f} / {row['staleness_max']}", f"{row['val_mean']:.3f}"]
+        for key in GAINS:
+            fig = row[key]
+            cells.append(f"{fig['mean']:.3f}" + (f" ± {fig['std']:.3f}" if fig["std"] is not None else ""))
+            cells.append("–" if fig["retained"] is None else f"{100 * fig['retained']:.0f} %")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -125,13 +147,18 @@ def _plot(cfg: StalenessConfig, summary: Mapping[str, Mapping[str, Any]], path: 
         from reldrop.plots import plot_lines  # noqa: PLC0415 (needs the plots extra)
     except ImportError:  # pragma: no cover - depends on the environment
         return None
-    if any(row["retained"] is None for name, row in summary.items() if name != "none"):
+    series = {}
+    for key, label in GAINS.items():
+        if summary["sync"][key]["retained"] is None:
+            continue  # nothing to retain
+        for interval in cfg.intervals:
+            series[f"{label}, publish every {interval}"] = [
+                (float(b), 100 * float(summary[f"bound {b}, every {s}"][key]["retained"]))
+                for b, s in cfg.settings() if s == interval]
+    if not series:
         return None
-    series = {f"publish every {s}": [(float(b), 100 * float(summary[f"bound {b}, every {s}"]["retained"]))
-                                     for b, s2 in cfg.settings() if s2 == s]
-              for s in cfg.intervals}
     return str(plot_lines(series, path, xlabel="staleness bound (steps)",
-                          ylabel="% of sync RelDrop's OOD gain", reference=100.0,
+                          ylabel="% of sync RelDrop's gain", reference=100.0,
                           title=f"{cfg.method}, {len(cfg.seeds)} seeds"))
 
 
@@ -143,15 +170,17 @@ def run_staleness_study(cfg: StalenessConfig, *, log: Callable[[str], None] = pr
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(cfg.data)
-    missing = [s for s in ("train", "val", "test") if s not in manifest.splits]
+    missing = [s for s in ("train", "val", "test-id", "test") if s not in manifest.splits]
     if missing:
         raise ValueError(f"{cfg.data!r} lacks split(s) {missing} (has {list(manifest.splits)}); the "
-                         "study needs train, val and test (e.g. make-shards --dataset viviano-synthetic)")
-    splits = load_splits(cfg.data, ("train", "val", "test"), limit=cfg.limit)
+                         "study needs train, val, test-id and test (e.g. make-shards --dataset viviano-synthetic)")
+    splits = load_splits(cfg.data, ("train", "val", "test-id", "test"), limit=cfg.limit)
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, spec in _specs(cfg).items():
-        runs[name] = [_run(spec, splits, manifest.num_classes, seed) for seed in cfg.seeds]
-        log(f"[staleness] {name}: OOD {statistics.fmean(r['ood_accuracy'] for r in runs[name]):.3f}")
+        runs[name] = [_run(spec, splits, manifest.num_classes, seed, cfg.eval_limit)
+                      for seed in cfg.seeds]
+        log(f"[staleness] {name}: " + ", ".join(
+            f"{label} {statistics.fmean(r[key] for r in runs[name]):.3f}" for key, label in GAINS.items()))
     summary = summarize_staleness(runs)
     table = format_staleness_table(summary)
     result = {"config": {**asdict(cfg), "params": dict(cfg.params)}, "runs": runs,
@@ -162,6 +191,8 @@ def run_staleness_study(cfg: StalenessConfig, *, log: Callable[[str], None] = pr
         f"# Staleness study\n\nData `{cfg.data}`, {cfg.method} {dict(cfg.params)}, {cfg.epochs} "
         f"epoch(s), batch {cfg.batch_size}, seeds {list(cfg.seeds)}, model {cfg.model}; relevance explained "
         f"`bound - interval + 1` steps ahead with weights published every `interval` steps "
-        f"(every row as stale as the bound allows). Retained gain = OOD gain over the baseline "
-        f"relative to in-loop (sync) RelDrop's, means over seeds.\n\n{table}\n")
+        f"(every row as stale as the bound allows). Retained gain = gain over the baseline "
+        f"relative to in-loop (sync) RelDrop's, means over seeds; occlusion AUC on "
+        f"{cfg.eval_limit} test-id samples (higher: more robust to removing what the model's "
+        f"relevance ranks first).\n\n{table}\n")
     return result
