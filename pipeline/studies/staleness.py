@@ -102,9 +102,17 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
+def _noise(values: Sequence[float], base: Sequence[float]) -> float:
+    """Two standard errors of a difference of means (0 with a single seed)."""
+    if len(values) < 2 or len(base) < 2:
+        return 0.0
+    return 2 * (statistics.variance(values) / len(values) + statistics.variance(base) / len(base)) ** 0.5
+
+
 def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per setting and :data:`GAINS` figure: mean, std, gain over the baseline and the retained
-    gain (ratio of mean gains to sync RelDrop's; ``None`` when sync has no gain to retain)."""
+    gain (ratio of mean gains to sync RelDrop's). The retained gain is ``None`` where sync
+    RelDrop's gain is not above two standard errors: a ratio to noise would mean nothing."""
     out: dict[str, dict[str, Any]] = {}
     for name, records in runs.items():
         row: dict[str, Any] = {
@@ -115,11 +123,14 @@ def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
         }
         for key in GAINS:
             mean, std = _mean_std([r[key] for r in records])
-            base = statistics.fmean(r[key] for r in runs["none"])
-            sync_gain = statistics.fmean(r[key] for r in runs["sync"]) - base
-            row[key] = {"mean": mean, "std": std, "gain": mean - base,
-                        "retained": (mean - base) / sync_gain
-                        if sync_gain > 0 and name != "none" else None}
+            base = [r[key] for r in runs["none"]]
+            sync = [r[key] for r in runs["sync"]]
+            sync_gain = statistics.fmean(sync) - statistics.fmean(base)
+            real = sync_gain > _noise(sync, base) and sync_gain > 0
+            row[key] = {"mean": mean, "std": std, "gain": mean - statistics.fmean(base),
+                        "sync_gain_above_noise": real,
+                        "retained": (mean - statistics.fmean(base)) / sync_gain
+                        if real and name != "none" else None}
         out[name] = row
     return out
 
@@ -192,7 +203,8 @@ def run_staleness_study(cfg: StalenessConfig, *, log: Callable[[str], None] = pr
         f"epoch(s), batch {cfg.batch_size}, seeds {list(cfg.seeds)}, model {cfg.model}; relevance explained "
         f"`bound - interval + 1` steps ahead with weights published every `interval` steps "
         f"(every row as stale as the bound allows). Retained gain = gain over the baseline "
-        f"relative to in-loop (sync) RelDrop's, means over seeds; occlusion AUC on "
+        f"relative to in-loop (sync) RelDrop's, means over seeds ('–' where sync RelDrop's own "
+        f"gain is within two standard errors of the baseline: nothing to retain); occlusion AUC on "
         f"{cfg.eval_limit} test-id samples (higher: more robust to removing what the model's "
         f"relevance ranks first).\n\n{table}\n")
     return result
