@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,6 +41,20 @@ def test_no_delay_every_step_is_the_live_model() -> None:
         _step(model, step - 1)
         assert torch.equal(lag.at(step).weight, model.weight)
     assert lag.staleness == [0, 0, 0, 0]
+
+
+def test_mask_iou() -> None:
+    from reldrop.occlusion import OcclusionResult
+    from reldrop.pipeline.studies.inprocess import mask_iou
+
+    def result(dropped, applied):
+        d = torch.tensor(dropped, dtype=torch.bool).view(len(dropped), 1, -1)
+        return OcclusionResult(inputs=torch.zeros(1), dropped=d, applied=torch.tensor(applied),
+                               fallback=torch.zeros(len(applied), dtype=torch.bool))
+
+    a = result([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], [True, True, False])
+    b = result([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]], [True, True, True])
+    assert mask_iou(a, b) == [1 / 3, 1.0]  # the third is not occluded in both
 
 
 def test_delay_for_bound() -> None:
@@ -85,7 +100,9 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
             bound = int(name.split()[1].rstrip(","))
             assert all(r["staleness_max"] == bound for r in runs)  # as stale as the bound allows
     summary = result["summary"]
-    assert summary["sync"]["staleness_max"] == 0
+    assert summary["sync"]["staleness_max"] == 0 and summary["sync"]["mask_iou"] == 1.0
+    assert all(0 <= r["mask_iou"] <= 1 for name, runs in result["runs"].items()
+               if name.startswith("bound") for r in runs)
     assert summary["bound 4, every 4"]["staleness_mean"] > summary["bound 1, every 1"]["staleness_mean"]
     for key in ("ood_accuracy", "relevance_auc"):
         gain, real = summary["sync"][key]["gain"], summary["sync"][key]["sync_gain_above_noise"]
@@ -148,6 +165,10 @@ def test_a_replica_without_lag_trains_exactly_like_sync(tmp_path, monkeypatch) -
     info: dict = {}
     lagged, _ = inprocess.train_in_process(spec, train, num_classes=2, seed=3, info=info)
     assert info == {"staleness_mean": 0.0, "staleness_max": 0}
+    agreeing: dict = {}
+    inprocess.train_in_process(replace(spec, agreement=True), train, num_classes=2, seed=3,
+                               info=agreeing)
+    assert agreeing["mask_iou"] == 1.0  # no lag: the live masks are the same masks
     for a, b in zip(sync.state_dict().values(), lagged.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     lagged1, _ = inprocess.train_in_process(

@@ -22,6 +22,7 @@ from torch import nn
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
+from reldrop.occlusion import OcclusionResult
 from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
@@ -86,6 +87,9 @@ class RunSpec:
     #: steps; 0 and 1 are the in-loop (sync) method
     lag: int = 0
     publish_every: int = 1
+    #: lagged runs only: also occlude each batch with the live weights (same keyed draws, not
+    #: trained on) and record how far the two drop masks agree (IoU); costs one more LRP pass
+    agreement: bool = False
 
     def __post_init__(self) -> None:
         if self.regularizer != "none" and self.augment != "none":
@@ -122,12 +126,39 @@ def accuracy_of(model: nn.Module, data: SplitData, normalization: Normalization)
     return correct / len(data)
 
 
+def mask_iou(a: OcclusionResult, b: OcclusionResult) -> list[float]:
+    """Per sample occluded in both: |dropped a & dropped b| / |dropped a | dropped b| (1 when
+    neither drops anything)."""
+    both = (a.applied & b.applied).cpu()
+    da, db = a.dropped[both].flatten(1), b.dropped[both].flatten(1)
+    union = (da | db).sum(1)
+    inter = (da & db).sum(1)
+    return [1.0 if int(u) == 0 else int(i) / int(u) for i, u in zip(inter, union, strict=True)]
+
+
+def _occlude(
+    augment: RelDrop, lag: WeightLag | None, step: int, x: torch.Tensor, y: torch.Tensor,
+    keys: list[str], epoch: int, ious: list[float] | None,
+) -> torch.Tensor:
+    """The occluded batch: relevance from the lagged replica if any, else the live model;
+    ``ious`` (lagged only) gets the agreement with the live model's masks."""
+    live = lag.model if lag is not None else augment.model
+    if lag is not None:
+        augment.model = lag.at(step)
+    result = augment(x, y, keys=keys, epoch=epoch)
+    if lag is not None and ious is not None:
+        augment.model = live
+        ious.extend(mask_iou(result, augment(x, y, keys=keys, epoch=epoch)))
+    return result.inputs
+
+
 def train_in_process(
     spec: RunSpec, train: SplitData, *, num_classes: int, seed: int,
     info: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
     """Train ``spec`` on ``train`` with ``seed``; return the model (eval mode) and its spec.
-    ``info``, if given, receives the staleness of a lagged run (mean and max, in steps)."""
+    ``info``, if given, receives the staleness of a lagged run (mean and max, in steps) and,
+    with ``spec.agreement``, the mean IoU of its drop masks with the live weights'."""
     torch.manual_seed(seed)
     normalization = _normalization(train)
     mspec = ModelSpec(name=spec.model, in_channels=int(train.images.shape[1]),
@@ -143,6 +174,7 @@ def train_in_process(
                           **dict(spec.params))
     lag = WeightLag(model, delay=spec.lag, publish_every=spec.publish_every) if spec.stale else None
     step = 0
+    ious: list[float] = []
     order_gen = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(spec.epochs):
@@ -153,9 +185,8 @@ def train_in_process(
             y = train.labels[idx]
             masks = train.masks[idx] if train.masks is not None else None
             if augment is not None:
-                if lag is not None:
-                    augment.model = lag.at(step)
-                x = augment(x, y, keys=[train.keys[i] for i in idx.tolist()], epoch=epoch).inputs
+                keys = [train.keys[i] for i in idx.tolist()]
+                x = _occlude(augment, lag, step, x, y, keys, epoch, ious if spec.agreement else None)
             out = regularizer(model, x, y, masks)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -165,6 +196,8 @@ def train_in_process(
     if info is not None and lag is not None:
         info.update(staleness_mean=sum(lag.staleness) / len(lag.staleness),
                     staleness_max=max(lag.staleness))
+        if ious:
+            info["mask_iou"] = sum(ious) / len(ious)
     model.eval()
     return model, mspec
 
