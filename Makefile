@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,plots]'
 	touch $@
 
-.PHONY: install run test lint
+.PHONY: install run test lint results
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -22,3 +22,12 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# `make results`: the studies whose tables the README shows (in process, about 1.5 h on 2 cores);
+# each command writes docs/results/NAME/ and its table between the README's results:NAME markers
+results: $(VENV)/.installed
+	test -f data/viviano-synthetic/manifest.parquet || $(BIN)/reldrop make-shards --dataset viviano-synthetic --out data/viviano-synthetic
+	test -f data/decoy-mnist-strong/manifest.parquet || $(BIN)/reldrop make-shards --dataset decoy-mnist-strong --out data/decoy-mnist-strong
+	$(BIN)/reldrop compare --search quick --data data/viviano-synthetic --seeds 3 --epochs 6 --limit 600 --grid gradmask=0.01,0.03,0.1 --grid rrr=30,100,300,600 --out docs/results/search-viviano --readme README.md#search-viviano
+	$(BIN)/reldrop compare --staleness --data data/decoy-mnist-strong --seeds 3 --epochs 3 --limit 1000 --out docs/results/staleness-decoy --readme README.md#staleness-decoy
+	$(BIN)/reldrop compare --staleness --data data/viviano-synthetic --seeds 3 --epochs 6 --limit 600 --out docs/results/staleness-viviano --readme README.md#staleness-viviano
