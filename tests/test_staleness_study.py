@@ -176,3 +176,10 @@ def test_a_replica_without_lag_trains_exactly_like_sync(tmp_path, monkeypatch) -
         num_classes=2, seed=3)
     assert not all(torch.equal(a, b) for a, b in zip(sync.state_dict().values(),
                                                      lagged1.state_dict().values(), strict=True))
+
+
+def test_staleness_from_a_config_file(tmp_path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text("staleness: true\ndata: x\nbounds: '2,8'\nparams: '{\"p\": 0.5}'\n")
+    args = parse_args(["--config", str(path)])
+    assert args.staleness and args.bounds == [2, 8] and args.params == {"p": 0.5}
