@@ -115,6 +115,11 @@ def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
     """Per setting and :data:`GAINS` figure: mean, std, gain over the baseline and the retained
     gain (ratio of mean gains to sync RelDrop's). The retained gain is ``None`` where sync
     RelDrop's gain is not above two standard errors: a ratio to noise would mean nothing."""
+    reference = {}  # per figure: baseline mean, sync gain, whether that gain is above noise
+    for key in GAINS:
+        base, sync = [r[key] for r in runs["none"]], [r[key] for r in runs["sync"]]
+        gain = statistics.fmean(sync) - statistics.fmean(base)
+        reference[key] = (statistics.fmean(base), gain, gain > 0 and gain > _noise(sync, base))
     out: dict[str, dict[str, Any]] = {}
     for name, records in runs.items():
         row: dict[str, Any] = {
@@ -124,16 +129,11 @@ def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
             "mask_iou": statistics.fmean(r.get("mask_iou", 1.0) for r in records),
             "seconds_mean": statistics.fmean(r["seconds"] for r in records),
         }
-        for key in GAINS:
+        for key, (base_mean, sync_gain, real) in reference.items():
             mean, std = _mean_std([r[key] for r in records])
-            base = [r[key] for r in runs["none"]]
-            sync = [r[key] for r in runs["sync"]]
-            sync_gain = statistics.fmean(sync) - statistics.fmean(base)
-            real = sync_gain > _noise(sync, base) and sync_gain > 0
-            row[key] = {"mean": mean, "std": std, "gain": mean - statistics.fmean(base),
+            row[key] = {"mean": mean, "std": std, "gain": mean - base_mean,
                         "sync_gain_above_noise": real,
-                        "retained": (mean - statistics.fmean(base)) / sync_gain
-                        if real and name != "none" else None}
+                        "retained": (mean - base_mean) / sync_gain if real and name != "none" else None}
         out[name] = row
     return out
 
