@@ -22,6 +22,8 @@ relative to in-loop RelDrop). ``--methods`` names the one RelDrop strategy (defa
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -131,6 +133,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     parser = build_parser()
     args = parse_with_config(parser, argv)
+    # the README records the command that made a table: this job's own arguments, not the
+    # process's (under pytest or a notebook sys.argv is something else)
+    args.command = shlex.join(["reldrop", "compare", *(sys.argv[1:] if argv is None else argv)])
     if args.staleness:
         return _staleness_args(parser, args)
     known = GRIDS if args.search != "off" else METHODS
@@ -168,14 +173,14 @@ def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return args
 
 
-def _splice(target: str | None, table: Path) -> None:
+def _splice(target: str | None, table: Path, command: str) -> None:
     """Copy a study's Markdown (less its title) into ``target`` (``FILE#NAME``)."""
     if target is None:
         return
     from reldrop.pipeline.studies.readme import splice_section  # noqa: PLC0415
 
     body = "\n".join(line for line in table.read_text().splitlines() if not line.startswith("# "))
-    print(f"updated {splice_section(target, body)} section {target.partition('#')[2]!r}")
+    print(f"updated {splice_section(target, body, command=command)} section {target.partition('#')[2]!r}")
 
 
 def _main_staleness(args: argparse.Namespace) -> int:
@@ -189,7 +194,7 @@ def _main_staleness(args: argparse.Namespace) -> int:
     )
     result = run_staleness_study(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])
-    _splice(args.readme, Path(args.out) / "staleness.md")
+    _splice(args.readme, Path(args.out) / "staleness.md", args.command)
     print(f"wrote {args.out}/staleness.json, staleness.md"
           + (", staleness.png" if result["plot"] else "") + f" in {result['wall_s']:.0f}s")
     return 0
@@ -206,7 +211,7 @@ def _main_search(args: argparse.Namespace) -> int:
     )
     result = run_search(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])
-    _splice(args.readme, Path(args.out) / "search.md")
+    _splice(args.readme, Path(args.out) / "search.md", args.command)
     print(f"wrote {args.out}/search.json, {args.out}/search.md in {result['wall_s']:.0f}s")
     return 0
 

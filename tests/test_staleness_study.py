@@ -113,7 +113,7 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     assert "| bound 4, every 4 |" in (out / "staleness.md").read_text()
     assert "[staleness] sync: OOD acc." in capsys.readouterr().out
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `reldrop ") and "old table" not in text
+    assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `reldrop compare --staleness --data ") and "old table" not in text
     assert "| bound 4, every 4 |" in text and text.endswith("<!-- /results:st -->\nrest\n")
     assert "CPUs" in text and "torch" in text
 
@@ -148,7 +148,7 @@ def test_splice_needs_one_pair_of_markers(tmp_path) -> None:
                           (str(path), "expected FILE#NAME"),
                           (f"{tmp_path}/none.md#a", "is not a file")):
         with pytest.raises(ValueError, match=match):
-            splice_section(target, "t")
+            splice_section(target, "t", command="c")
 
 
 def test_a_replica_without_lag_trains_exactly_like_sync(tmp_path, monkeypatch) -> None:

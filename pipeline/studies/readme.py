@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shlex
-import sys
 from pathlib import Path
 
 __all__ = ["machine_line", "splice_section"]
@@ -31,7 +29,7 @@ def machine_line() -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def splice_section(target: str, body: str, *, command: str | None = None) -> Path:
+def splice_section(target: str, body: str, *, command: str) -> Path:
     """Replace the text between the ``results:NAME`` markers of ``target`` (``FILE#NAME``) by
     the command, the machine and ``body``. The markers must already be in the file."""
     path_text, _, name = target.partition("#")
@@ -45,7 +43,6 @@ def splice_section(target: str, body: str, *, command: str | None = None) -> Pat
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise ValueError(f"--readme {target!r}: expected one '{begin}' line followed by one "
                          f"'{end}' line in {path}; add them where the table belongs")
-    command = command or shlex.join(["reldrop", *sys.argv[1:]])
     block = (f"{begin}\nRegenerate: `{command}`  \nMachine: {machine_line()}\n\n"
              f"{body.strip()}\n{end}")
     head, rest = text.split(begin, 1)
