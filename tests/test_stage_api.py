@@ -38,7 +38,7 @@ class QuadrantNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _dataset(n: int = 256):  # type: ignore[no-untyped-def]
+def _dataset(n: int = 256, blocks: int = 8):  # type: ignore[no-untyped-def]
     import ray
 
     rng = np.random.default_rng(1)
@@ -47,7 +47,7 @@ def _dataset(n: int = 256):  # type: ignore[no-untyped-def]
     for image, label in zip(images, labels):
         image[0, 8 * (label // 2):8 * (label // 2) + 8, 8 * (label % 2):8 * (label % 2) + 8] += 150
     return ray.data.from_items([{"image": im, "label": int(y)} for im, y in zip(images, labels)],
-                               override_num_blocks=8)
+                               override_num_blocks=blocks)
 
 
 def _train(config: dict) -> None:
@@ -127,6 +127,30 @@ def test_own_model_and_loop_with_the_public_api(ray_local, by_value, tmp_path):
     assert m["losses"][-1] < m["losses"][0]
     assert m["publisher"]["publishes"] == 1 + (2 * 8) // 2 and m["publisher"]["rejected"] == 0
     assert m["publisher"]["store_recreated"] == 0  # the store lived through the run
+    assert m["publisher"]["gate_timeouts"] == 0
+
+
+def test_one_large_block_does_not_stall_the_gate(ray_local, by_value, tmp_path):
+    """A user's dataset as a single 256-row block (a file read whole, say) while the gate
+    admits 160 rows ahead: the stage cuts its input into explainer batches, so the explainer
+    hands rows on batch by batch and the gate never times out."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    one_block = _dataset(blocks=1)
+    ds, plan = add_explainer_stage(
+        one_block, model_factory=QuadrantNet, normalization=NORM, explainers=1, cpus=0.5,
+        batch_size=32, max_staleness=6, sync_every=2, gate_timeout_s=3.0,
+    )
+    assert plan.max_ahead < 256
+    trainer = TorchTrainer(
+        _train, train_loop_config={"plan": plan, "epochs": 1},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        datasets={"train": ds}, run_config=RunConfig(storage_path=str(tmp_path)),
+    )
+    m = trainer.fit().metrics
+    assert m["rows"] == 256 and m["publisher"]["gate_timeouts"] == 0
+    assert max(m["staleness"]) <= plan.staleness_bound
 
 
 def _readme_example() -> str:

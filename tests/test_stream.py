@@ -318,6 +318,9 @@ def test_ray_read_rows_and_streamed_relevance(ray_local, tmp_path: Path) -> None
     plan = plan_split(root, "train", on_error="raise")
     ds = read_split(plan, on_error="raise", rows_per_block=3, columns=ColumnJoin(root_url=root))
     rows = _rows(ds)
+    # blocks of rows_per_block rows (Ray would merge what a task yields into 128 MiB blocks)
+    sizes = [m.num_rows for bundle in ds.iter_internal_ref_bundles() for m in bundle.metadata]
+    assert sum(sizes) == 40 and max(sizes) <= 3
     whole = read_split_columns(root, "train")
     assert sorted(r["key"] for r in rows) == [f"s{i:04d}" for i in range(40)]
     for row in rows:

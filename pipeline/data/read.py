@@ -88,6 +88,12 @@ class RowSchema:
         )
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes of one row's arrays (image, mask, label, skipped flag; key strings on top)."""
+        image = int(np.prod(self.input_shape)) * np.dtype(self.dtype).itemsize
+        return image + (int(np.prod(self.mask_shape)) if self.has_mask else 0) + 8 + 1
+
+    @property
     def mask_shape(self) -> tuple[int, ...]:
         shape = self.input_shape
         return tuple(shape[1:]) if self.modality == "image" else tuple(shape[:1])

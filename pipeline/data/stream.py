@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from reldrop.pipeline.data.blocks import cut_blocks
 from reldrop.pipeline.data.columns import ColumnJoin
 from reldrop.pipeline.data.fs import resolve
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo, read_manifest
@@ -171,9 +172,10 @@ def read_split(
     """A Ray Dataset of verified, decoded rows (see module docstring) for ``plan``.
 
     One read task per shard (``read_cpus`` CPUs each) emits blocks of ``rows_per_block`` rows
-    (default: the whole shard). The explainer stage emits a block only when its task has
-    explained all of it, so blocks much larger than the staleness gate's window would stall the
-    gate. ``shuffle_seed``/``epoch``: this epoch's order (``None``: manifest order, as for
+    (default: the whole shard), and so do the stages appended to the dataset (see
+    :mod:`reldrop.pipeline.data.blocks`: an explainer task hands its rows on a block at a time,
+    so a block larger than the staleness gate's window would stall the gate).
+    ``shuffle_seed``/``epoch``: this epoch's order (``None``: manifest order, as for
     evaluation). ``columns``: join a key-aligned column (precomputed relevance) into the rows.
     """
     import ray  # noqa: PLC0415
@@ -188,6 +190,8 @@ def read_split(
     ds: Any = ray.data.from_items(
         [{"task": t.to_json()} for t in tasks], override_num_blocks=len(tasks)
     )
+    if rows_per_block is not None:
+        cut_blocks(ds, rows_per_block, schema.row_bytes)
     ds = ds.map_batches(
         read_shards, fn_kwargs={"schema": schema}, batch_size=1, batch_format="numpy",
         num_cpus=read_cpus,

@@ -14,6 +14,7 @@ Three pieces (Grüne et al. 2025, arXiv 2505.21595, as a pipeline stage):
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ from reldrop.checkpoint import ModelSpec
 from reldrop.fills import FillParams, apply_fill
 from reldrop.normalization import Normalization
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.pipeline.data.blocks import cut_blocks, schema_row_bytes
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
 
@@ -70,6 +72,19 @@ def append_stage(
     )
 
 
+def _cut_to_batches(ds: Any, batch_size: int, row_bytes: int | None) -> None:
+    if row_bytes is not None and (isinstance(row_bytes, bool) or row_bytes < 1):
+        raise ValueError(f"row_bytes={row_bytes!r}; expected the bytes of one row (>= 1) or None")
+    size = row_bytes if row_bytes is not None else schema_row_bytes(ds.schema())
+    if size < 1:
+        warnings.warn(
+            "add_explainer_stage: the dataset's schema has no fixed-size column to size blocks "
+            "by, so a block may hold far more than one explainer batch and stall the staleness "
+            "gate; pass row_bytes= (bytes of one row)", stacklevel=3)
+        return
+    cut_blocks(ds, batch_size, size)
+
+
 def _model_source(
     model_factory: Callable[[], nn.Module] | None, spec: ModelSpec | None,
     normalization: Normalization | None,
@@ -96,7 +111,7 @@ def add_explainer_stage(
     run_id: str | None = None, explainers: Explainers = 1, cpus: float = 1.0,
     gpus: float = 0.0, resources: Mapping[str, float] | None = None, batch_size: int = 64,
     train_batch_size: int | None = None, max_staleness: int = 8, sync_every: int = 2,
-    seed: int = 0, gate_timeout_s: float = 15.0,
+    seed: int = 0, gate_timeout_s: float = 15.0, row_bytes: int | None = None,
 ) -> tuple[Any, StagePlan]:
     """Append RelDrop's explainer stage to ``ds``; return ``(dataset, plan)``.
 
@@ -109,6 +124,10 @@ def add_explainer_stage(
     ``train_batch_size`` (rows per trainer step over all workers; default ``batch_size``),
     ``max_staleness`` and ``sync_every`` size the staleness gate: ``plan.staleness_bound`` is
     what it guarantees. Pass ``plan`` to :class:`WeightPublisher` in the training function.
+    The blocks of ``ds`` and of the stage are cut to about ``batch_size`` rows, so the
+    explainers hand rows on batch by batch (:mod:`reldrop.pipeline.data.blocks`); the row size
+    comes from ``ds.schema()`` (which runs ``ds`` on its first block) unless ``row_bytes`` gives
+    it.
     """
     spec_json, norm = _model_source(model_factory, spec, normalization)
     occ = occlusion if occlusion is not None else OcclusionConfig(strategy=strategy, p=p)
@@ -126,6 +145,7 @@ def add_explainer_stage(
         device="cuda" if gpus > 0 else "cpu",
     )
     compute = pool_strategy(explainers if uses_model else 1, cpus=cpus, gpus=gpus)
+    _cut_to_batches(ds, batch_size, row_bytes)
     staged = append_stage(ds, config, batch_size=batch_size, compute=compute, cpus=cpus,
                           gpus=gpus, resources=resources)
     return staged, plan

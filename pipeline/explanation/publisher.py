@@ -133,7 +133,12 @@ class WeightPublisher:
         return staleness(versions, self.steps)
 
     def stats(self) -> Mapping[str, Any]:
+        """This rank's counts, and the gate's valve openings so far (``gate_timeouts``: batches
+        an explainer explained after waiting ``gate_timeout_s`` for the trainer, each a sign of
+        a stall; None where the store does not answer or there is none)."""
+        store = self.client.stats() if self.client is not None else None
         return {
+            "gate_timeouts": None if store is None else int(store["gate_timeouts"]),
             "steps": self.steps, "consumed_rows": self.consumed_rows,
             "publishes": len(self.publish_ms), "publish_ms": list(self.publish_ms),
             "rejected": self.rejected, "store_recreated": self.recreated,
