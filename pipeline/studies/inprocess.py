@@ -10,7 +10,8 @@ split. Mini-batches are drawn from a generator seeded with the run's seed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from reldrop.occlusion import OcclusionResult
 from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
-__all__ = ["RunSpec", "SplitData", "accuracy_of", "load_splits", "occlusion_figures",
+__all__ = ["STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits", "load_study_data", "mean_std", "occlusion_figures",
            "train_in_process"]
 
 
@@ -67,6 +68,30 @@ def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None)
             keys=tuple(keys),
         )
     return out
+
+
+STUDY_SPLITS = ("train", "val", "test-id", "test")
+
+
+def load_study_data(root: str, *, limit: int | None, study: str) -> tuple[dict[str, SplitData], int]:
+    """The splits a study selects and scores on (train, val, test-id, test) and the class count;
+    a dataset without them is one line naming what it has and how to make one."""
+    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
+
+    manifest = read_manifest(root)
+    missing = [s for s in STUDY_SPLITS if s not in manifest.splits]
+    if missing:
+        raise ValueError(f"{root!r} lacks split(s) {missing} (has {list(manifest.splits)}); the "
+                         f"{study} needs {', '.join(STUDY_SPLITS)} (e.g. make-shards --dataset "
+                         "viviano-synthetic or decoy-mnist-strong)")
+    return load_splits(root, STUDY_SPLITS, limit=limit), manifest.num_classes
+
+
+def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """Mean and sample standard deviation over seeds (None, NaN left out; std None below 2)."""
+    vals = [float(v) for v in values if v is not None and v == v]
+    return {"mean": statistics.fmean(vals) if vals else None,
+            "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
 @dataclass(frozen=True, kw_only=True)

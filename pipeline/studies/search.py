@@ -29,7 +29,8 @@ from reldrop.pipeline.studies.inprocess import (
     RunSpec,
     SplitData,
     accuracy_of,
-    load_splits,
+    load_study_data,
+    mean_std,
     occlusion_figures,
     train_in_process,
 )
@@ -176,12 +177,6 @@ def _search_method(
     return {"method": method, "winner": winner["point"], "figures": figures, "grid": points}
 
 
-def _stats(values: Sequence[float | None]) -> dict[str, float | int | None]:
-    vals = [float(v) for v in values if v is not None and v == v]
-    return {"mean": statistics.fmean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
-
-
 def format_search_table(results: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: one row per method, its winning setting, mean ± std over seeds per metric."""
     header = ["method", "winner (selected on val)", *SEARCH_METRICS.values()]
@@ -189,7 +184,7 @@ def format_search_table(results: Sequence[Mapping[str, Any]]) -> str:
     for r in results:
         cells = []
         for key in SEARCH_METRICS:
-            s = _stats(r["figures"][key])
+            s = mean_std(r["figures"][key])
             digits = 1 if key == "mass50_count" else 3
             text = "–" if s["mean"] is None else f"{s['mean']:.{digits}f}"
             if s["std"] is not None:
@@ -202,25 +197,17 @@ def format_search_table(results: Sequence[Mapping[str, Any]]) -> str:
 
 def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Search every method; write ``search.json`` (after each method) and ``search.md``."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
-
     start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(cfg.data)
-    missing = [s for s in ("train", "val", "test-id", "test") if s not in manifest.splits]
-    if missing:
-        raise ValueError(f"{cfg.data!r} lacks split(s) {missing} (has {list(manifest.splits)}); "
-                         "search needs train, val, test-id and test (e.g. make-shards "
-                         "--dataset viviano-synthetic or decoy-mnist-strong)")
-    splits = load_splits(cfg.data, ("train", "val", "test-id", "test"), limit=cfg.limit)
+    splits, num_classes = load_study_data(cfg.data, limit=cfg.limit, study="search")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict[str, Any] = {"config": {**asdict(cfg), "methods": list(cfg.methods),
                                          "seeds": list(cfg.seeds),
                                          "grids": {k: list(v) for k, v in cfg.grids.items()}},
                               "sizes": {k: len(v) for k, v in splits.items()}, "methods": []}
     for method in cfg.methods:
-        result["methods"].append(_search_method(method, cfg, splits, manifest.num_classes, log))
+        result["methods"].append(_search_method(method, cfg, splits, num_classes, log))
         result["wall_s"] = time.perf_counter() - start
         (out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
     table = format_search_table(result["methods"])

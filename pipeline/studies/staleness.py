@@ -28,7 +28,8 @@ from typing import Any
 from reldrop.pipeline.studies.inprocess import (
     RunSpec,
     accuracy_of,
-    load_splits,
+    load_study_data,
+    mean_std,
     occlusion_figures,
     train_in_process,
 )
@@ -100,10 +101,6 @@ def _run(spec: RunSpec, splits: Mapping[str, Any], num_classes: int, seed: int,
             "seconds": time.perf_counter() - start, **info}
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
 def _noise(values: Sequence[float], base: Sequence[float]) -> float:
     """Two standard errors of a difference of means (0 with a single seed)."""
     if len(values) < 2 or len(base) < 2:
@@ -130,8 +127,9 @@ def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
             "seconds_mean": statistics.fmean(r["seconds"] for r in records),
         }
         for key, (base_mean, sync_gain, real) in reference.items():
-            mean, std = _mean_std([r[key] for r in records])
-            row[key] = {"mean": mean, "std": std, "gain": mean - base_mean,
+            stats = mean_std([r[key] for r in records])
+            mean = float(stats["mean"] or 0.0)
+            row[key] = {"mean": mean, "std": stats["std"], "gain": mean - base_mean,
                         "sync_gain_above_noise": real,
                         "retained": (mean - base_mean) / sync_gain if real and name != "none" else None}
         out[name] = row
@@ -180,20 +178,13 @@ def _plot(cfg: StalenessConfig, summary: Mapping[str, Mapping[str, Any]], path: 
 
 def run_staleness_study(cfg: StalenessConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the study; write ``staleness.json``, ``staleness.md`` (and ``staleness.png``)."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
-
     start = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(cfg.data)
-    missing = [s for s in ("train", "val", "test-id", "test") if s not in manifest.splits]
-    if missing:
-        raise ValueError(f"{cfg.data!r} lacks split(s) {missing} (has {list(manifest.splits)}); the "
-                         "study needs train, val, test-id and test (e.g. make-shards --dataset viviano-synthetic)")
-    splits = load_splits(cfg.data, ("train", "val", "test-id", "test"), limit=cfg.limit)
+    splits, num_classes = load_study_data(cfg.data, limit=cfg.limit, study="staleness study")
     runs: dict[str, list[dict[str, Any]]] = {}
     for name, spec in _specs(cfg).items():
-        runs[name] = [_run(spec, splits, manifest.num_classes, seed, cfg.eval_limit)
+        runs[name] = [_run(spec, splits, num_classes, seed, cfg.eval_limit)
                       for seed in cfg.seeds]
         log(f"[staleness] {name}: " + ", ".join(
             f"{label} {statistics.fmean(r[key] for r in runs[name]):.3f}" for key, label in GAINS.items()))
