@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.01,
                    help="--search: strongest setting within TOL of the best val accuracy wins")
     p.add_argument("--model", default="small-cnn", help="--search: model name")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="--search: optimizer of every run (sgd: momentum 0.9, weight decay 5e-4; "
+                        "adam: Viviano et al.'s choice for the synthetic task)")
+    p.add_argument("--lr", type=float, default=0.05, help="--search: learning rate of every run")
     p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
                    help="--search: replace METHOD's grid by these values (lambda for a "
                    "regularizer, p for an augmentation); repeatable")
@@ -207,7 +211,7 @@ def _main_search(args: argparse.Namespace) -> int:
         data=args.data, methods=tuple(args.methods), quick=args.search == "quick",
         seeds=tuple(range(args.seeds)), epochs=args.epochs, limit=args.limit,
         eval_limit=args.eval_limit, tol=args.tol, model=args.model, out=args.out,
-        grids=args.grid,
+        grids=args.grid, optimizer=args.optimizer, lr=args.lr,
     )
     result = run_search(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])

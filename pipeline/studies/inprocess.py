@@ -11,7 +11,7 @@ split. Mini-batches are drawn from a generator seeded with the run's seed.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from reldrop.occlusion import OcclusionResult
 from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
-__all__ = ["STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits", "load_study_data", "mean_std", "occlusion_figures",
+__all__ = ["OPTIMIZERS", "STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits", "load_study_data", "mean_std", "occlusion_figures",
            "train_in_process"]
 
 
@@ -94,6 +94,12 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
             "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
+OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4),
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """A run: ``regularizer`` (+ ``lam``, ``params``) or ``augment`` (+ occlusion ``params``)."""
@@ -106,6 +112,9 @@ class RunSpec:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 0.05
+    #: ``sgd`` (momentum 0.9, weight decay 5e-4, as ``reldrop train``) or ``adam`` (no weight
+    #: decay; Viviano et al.'s synthetic-task configuration trains with Adam at lr 1e-4)
+    optimizer: str = "sgd"
     composite: str = "reference"
     #: stale relevance (see :class:`~reldrop.pipeline.studies.lag.WeightLag`): explain each
     #: batch ``lag`` steps before training on it, with weights published every ``publish_every``
@@ -122,6 +131,8 @@ class RunSpec:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: "
                              "expected positive values")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {list(OPTIMIZERS)}")
         if self.lag < 0 or self.publish_every < 1:
             raise ValueError(f"lag={self.lag}, publish_every={self.publish_every}: expected "
                              "lag >= 0 and publish_every >= 1")
@@ -189,7 +200,7 @@ def train_in_process(
     mspec = ModelSpec(name=spec.model, in_channels=int(train.images.shape[1]),
                       num_classes=num_classes, normalization=normalization)
     model = mspec.build()
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=5e-4)
+    optimizer = OPTIMIZERS[spec.optimizer](model.parameters(), spec.lr)
     bounds = normalization.bounds()
     regularizer = make_regularizer(spec.regularizer, lam=spec.lam, bounds=bounds,
                                    **(dict(spec.params) if spec.regularizer != "none" else {}))
