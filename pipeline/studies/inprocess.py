@@ -27,8 +27,8 @@ from reldrop.occlusion import OcclusionResult
 from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
-__all__ = ["OPTIMIZERS", "STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits", "load_study_data", "mean_std", "occlusion_figures",
-           "train_in_process"]
+__all__ = ["OPTIMIZERS", "STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits",
+           "load_study_data", "mean_std", "occlusion_figures", "train_in_process"]
 
 
 @dataclass(frozen=True, kw_only=True)
