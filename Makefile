@@ -29,5 +29,6 @@ results: $(VENV)/.installed
 	test -f data/viviano-synthetic/manifest.parquet || $(BIN)/reldrop make-shards --dataset viviano-synthetic --out data/viviano-synthetic
 	test -f data/decoy-mnist-strong/manifest.parquet || $(BIN)/reldrop make-shards --dataset decoy-mnist-strong --out data/decoy-mnist-strong
 	$(BIN)/reldrop compare --search quick --data data/viviano-synthetic --seeds 3 --epochs 6 --limit 600 --grid gradmask=0.01,0.03,0.1 --grid rrr=30,100,300,600 --out docs/results/search-viviano --readme README.md#search-viviano
+	$(BIN)/reldrop compare --search quick --data data/viviano-synthetic --methods none,gradmask,rrr,actdiff --seeds 3 --epochs 6 --limit 600 --optimizer adam --lr 0.001 --grid gradmask=0.03,0.1,0.3,1 --grid rrr=100,300,1000,3000 --grid actdiff=0.1,0.3,1,3 --out docs/results/search-viviano-adam --readme README.md#search-viviano-adam
 	$(BIN)/reldrop compare --staleness --data data/decoy-mnist-strong --seeds 3 --epochs 3 --limit 1000 --out docs/results/staleness-decoy --readme README.md#staleness-decoy
 	$(BIN)/reldrop compare --staleness --data data/viviano-synthetic --seeds 3 --epochs 6 --limit 600 --out docs/results/staleness-viviano --readme README.md#staleness-viviano
