@@ -11,6 +11,7 @@ split. Mini-batches are drawn from a generator seeded with the run's seed.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,8 @@ from reldrop.pipeline.studies.lag import WeightLag
 from reldrop.regularizers import make_regularizer
 
 __all__ = ["OPTIMIZERS", "STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits",
-           "load_study_data", "mean_std", "occlusion_figures", "train_in_process"]
+           "load_study_data", "mean_std", "measure_run", "occlusion_figures",
+           "train_in_process"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +188,24 @@ def _occlude(
         augment.model = live
         ious.extend(mask_iou(result, augment(x, y, keys=keys, epoch=epoch)))
     return result.inputs
+
+
+#: record key -> split a study scores accuracy on (``val`` selects; ``test`` is the OOD split)
+ACCURACY_SPLITS = {"val_accuracy": "val", "id_accuracy": "test-id", "ood_accuracy": "test"}
+
+
+def measure_run(
+    spec: RunSpec, splits: Mapping[str, SplitData], *, num_classes: int, seed: int,
+    info: dict[str, Any] | None = None,
+) -> tuple[nn.Module, ModelSpec, dict[str, float]]:
+    """Train ``spec`` on ``splits["train"]`` with ``seed``; the model, its spec and its
+    accuracy on each of :data:`ACCURACY_SPLITS` with the seconds it all took."""
+    start = time.perf_counter()
+    model, mspec = train_in_process(spec, splits["train"], num_classes=num_classes, seed=seed,
+                                    info=info)
+    scores = {key: accuracy_of(model, splits[split], mspec.normalization)
+              for key, split in ACCURACY_SPLITS.items()}
+    return model, mspec, {**scores, "seconds": time.perf_counter() - start}
 
 
 def train_in_process(

@@ -28,11 +28,10 @@ from torch import nn
 from reldrop.pipeline.studies.inprocess import (
     RunSpec,
     SplitData,
-    accuracy_of,
     load_study_data,
     mean_std,
+    measure_run,
     occlusion_figures,
-    train_in_process,
 )
 
 __all__ = ["GRIDS", "SEARCH_METRICS", "SearchConfig", "format_search_table", "grid_points",
@@ -147,12 +146,10 @@ def _run_point(
                               "ood_accuracy": [], "seconds": []}
     models = []
     for seed in cfg.seeds:
-        start = time.perf_counter()
-        model, spec = train_in_process(_spec(method, point, cfg), splits["train"],
-                                       num_classes=num_classes, seed=seed)
-        for key, split in (("val_accuracy", "val"), ("id_accuracy", "test-id"), ("ood_accuracy", "test")):
-            record[key].append(accuracy_of(model, splits[split], spec.normalization))
-        record["seconds"].append(time.perf_counter() - start)
+        model, spec, scores = measure_run(_spec(method, point, cfg), splits,
+                                          num_classes=num_classes, seed=seed)
+        for key, value in scores.items():
+            record[key].append(value)
         models.append((model, spec))
     return record, models
 

@@ -27,11 +27,10 @@ from typing import Any
 
 from reldrop.pipeline.studies.inprocess import (
     RunSpec,
-    accuracy_of,
     load_study_data,
     mean_std,
+    measure_run,
     occlusion_figures,
-    train_in_process,
 )
 from reldrop.pipeline.studies.lag import delay_for_bound
 
@@ -93,12 +92,10 @@ def _run(spec: RunSpec, splits: Mapping[str, Any], num_classes: int, seed: int,
          eval_limit: int) -> dict[str, Any]:
     start = time.perf_counter()
     info: dict[str, Any] = {}
-    model, mspec = train_in_process(spec, splits["train"], num_classes=num_classes, seed=seed, info=info)
+    model, mspec, scores = measure_run(spec, splits, num_classes=num_classes, seed=seed, info=info)
     figures = occlusion_figures(model, mspec, splits["test-id"], eval_limit, seed)
-    return {"seed": seed, "val_accuracy": accuracy_of(model, splits["val"], mspec.normalization),
-            "ood_accuracy": accuracy_of(model, splits["test"], mspec.normalization),
-            "relevance_auc": figures["relevance_auc"], "random_auc": figures["random_auc"],
-            "seconds": time.perf_counter() - start, **info}
+    return {"seed": seed, **scores, "relevance_auc": figures["relevance_auc"],
+            "random_auc": figures["random_auc"], "seconds": time.perf_counter() - start, **info}
 
 
 def _noise(values: Sequence[float], base: Sequence[float]) -> float:
@@ -127,9 +124,9 @@ def summarize_staleness(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict
             "seconds_mean": statistics.fmean(r["seconds"] for r in records),
         }
         for key, (base_mean, sync_gain, real) in reference.items():
-            stats = mean_std([r[key] for r in records])
-            mean = float(stats["mean"] or 0.0)
-            row[key] = {"mean": mean, "std": stats["std"], "gain": mean - base_mean,
+            values = [r[key] for r in records]
+            mean = statistics.fmean(values)
+            row[key] = {"mean": mean, "std": mean_std(values)["std"], "gain": mean - base_mean,
                         "sync_gain_above_noise": real,
                         "retained": (mean - base_mean) / sync_gain if real and name != "none" else None}
         out[name] = row
