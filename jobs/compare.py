@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--staleness: staleness bounds in trainer steps")
     p.add_argument("--intervals", type=_int_list, default=[1, 2, 4],
                    help="--staleness: weight publish intervals in trainer steps")
-    p.add_argument("--batch-size", type=int, default=64, help="--staleness: trainer batch size")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="--search, --staleness: trainer batch size")
     p.add_argument("--params", type=_json_object, default={},
                    help="--staleness: the RelDrop strategy's settings as a JSON object "
                    "(default: its own defaults)")
@@ -211,7 +212,7 @@ def _main_search(args: argparse.Namespace) -> int:
         data=args.data, methods=tuple(args.methods), quick=args.search == "quick",
         seeds=tuple(range(args.seeds)), epochs=args.epochs, limit=args.limit,
         eval_limit=args.eval_limit, tol=args.tol, model=args.model, out=args.out,
-        grids=args.grid, optimizer=args.optimizer, lr=args.lr,
+        grids=args.grid, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
     )
     result = run_search(cfg, log=lambda line: print(line, flush=True))
     print(result["table"])

@@ -20,7 +20,8 @@ Defaults follow each method's reference code; every deviation is a named option:
   CE + lambda * sum (d sum_k log p_k / dx * o)^2 (per sample, averaged over the batch).
 - ``actdiff`` (Viviano et al. 2019, arXiv 1910.00199): CE + lambda * mean ||h(x) - h(x~)||_2,
   x~ = x with its out-of-mask pixels randomly permuted, h = the penultimate features
-  (:func:`penultimate_and_logits`).
+  (:func:`penultimate_and_logits`); ``layers="all"``: the pre-activations of every layer, as
+  the reference's earlier CNN (:func:`relu_inputs_and_logits`).
 - ``isnet`` (Bassi et al. 2024, Nat. Commun. 15:291): (1 - P) CE + P * ISNet heatmap loss on
   differentiable LRP heatmaps of every class (see :func:`lrp_heatmap`); ``lam`` is P; gradient
   norm clipped at 1.0.
@@ -63,6 +64,7 @@ __all__ = [
     "mask_inputs",
     "penultimate_and_logits",
     "register_regularizer",
+    "relu_inputs_and_logits",
     "shuffle_outside",
 ]
 
@@ -176,6 +178,26 @@ def penultimate_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Ten
         handle.remove()
     return captured[-1].flatten(1), logits
 
+
+
+def relu_inputs_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The input of every ``nn.ReLU`` call (the pre-activations, in call order) and the logits,
+    from one pass through ``model``'s own forward."""
+    captured: list[torch.Tensor] = []
+    def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        # an in-place ReLU overwrites its input: keep a copy taken before it does
+        captured.append(inputs[0].clone() if getattr(module, "inplace", False) else inputs[0])
+
+    handles = [m.register_forward_pre_hook(keep) for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not handles:
+        raise TypeError(f"{type(model).__name__} has no nn.ReLU module; actdiff layers='all' "
+                        "compares the inputs of its ReLUs: use layers='penultimate'")
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured, logits
 
 # --- differentiable LRP for the ISNet loss -----------------------------------------------------
 
@@ -633,17 +655,30 @@ class RRR(Regularizer):
 
 @register_regularizer("actdiff")
 class ActDiff(Regularizer):
-    """Activation difference (Viviano et al. 2019): penultimate features
-    (:func:`penultimate_and_logits`) invariant to the out-of-mask pixels, which are shuffled
-    per sample (generator seeded with ``seed``); penalty = batch mean of ||h(x) - h(x~)||_2.
+    """Activation difference (Viviano et al. 2019): activations invariant to the out-of-mask
+    pixels, which are shuffled per sample (generator seeded with ``seed``).
+
+    ``layers="penultimate"`` (default, the reference's final code: its ResNet compares the
+    last layer, ``save_acts=[5]``): penultimate features (:func:`penultimate_and_logits`),
+    penalty = batch mean of ||h(x) - h(x~)||_2. ``layers="all"`` (the reference's earlier
+    synthetic-task CNN with ``compare_activations``): the pre-activations of the network (the
+    input of every ``nn.ReLU`` call, :func:`relu_inputs_and_logits`), penalty = the mean over
+    every layer's rows of the L2 distance along the last dimension (``F.pairwise_distance``, as
+    the reference's ``PairwiseDistance``); measured weaker on ``viviano-synthetic`` (README).
 
     Default lambda 1 (the paper tunes it; with ~1-scale features the penalty starts near 1).
     """
 
     default_lambda = 1.0
 
-    def __init__(self, *, lam: float | None = None, seed: int | None = 0, **base: Any) -> None:
+    def __init__(
+        self, *, lam: float | None = None, seed: int | None = 0,
+        layers: Literal["penultimate", "all"] = "penultimate", **base: Any,
+    ) -> None:
         super().__init__(lam=lam, **base)
+        if layers not in ("all", "penultimate"):
+            raise ValueError(f"actdiff layers={layers!r}; expected 'penultimate' or 'all'")
+        self.layers = layers
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -652,10 +687,16 @@ class ActDiff(Regularizer):
 
     def compute(self, model, inputs, targets, masks):  # type: ignore[no-untyped-def]
         assert masks is not None
-        h, logits = penultimate_and_logits(model, inputs)
         shuffled = shuffle_outside(inputs, masks, self.generator)
-        h_shuffled, _ = penultimate_and_logits(model, shuffled)
-        penalty = (h - h_shuffled).flatten(1).norm(dim=1).mean()
+        if self.layers == "penultimate":
+            h, logits = penultimate_and_logits(model, inputs)
+            h_shuffled, _ = penultimate_and_logits(model, shuffled)
+            penalty = (h - h_shuffled).flatten(1).norm(dim=1).mean()
+        else:
+            acts, logits = relu_inputs_and_logits(model, inputs)
+            acts_shuffled, _ = relu_inputs_and_logits(model, shuffled)
+            penalty = torch.cat([F.pairwise_distance(a, b).flatten()
+                                 for a, b in zip(acts, acts_shuffled, strict=True)]).mean()
         return self._combine(F.cross_entropy(logits, targets), penalty, logits)
 
 

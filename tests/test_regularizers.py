@@ -363,6 +363,46 @@ def test_regularizers_move_gradients_into_the_mask() -> None:
         assert share > baseline + 0.15, (name, share, baseline)
 
 
+def test_actdiff_all_layers_matches_the_reference_compare_activations() -> None:
+    """``layers="all"``: the mean, over every pre-activation row (each conv map's rows, each
+    linear vector), of the L2 distance along the last dimension (PairwiseDistance, eps 1e-6)."""
+    torch.manual_seed(0)
+    model = TinyNet()
+    x, t, m = _batch()
+    out = make_regularizer("actdiff", lam=0.5, seed=7, layers="all")(model, x, t, m)
+    x_tilde = shuffle_outside(x, m, torch.Generator().manual_seed(7))
+    conv, linear = model.features[0], model.features[3]
+
+    def rows(v: torch.Tensor) -> list[torch.Tensor]:
+        a = conv(v)
+        b = linear(torch.relu(a).flatten(1))
+        return [a[i, c, h] for i in range(v.shape[0]) for c in range(a.shape[1])
+                for h in range(a.shape[2])] + [b[i] for i in range(v.shape[0])]
+
+    dists = [torch.sqrt(((r1 - r2 + 1e-6) ** 2).sum()) for r1, r2 in zip(rows(x), rows(x_tilde))]
+    assert len(dists) == 4 * 3 * 5 + 4
+    loss = F.cross_entropy(model(x), t) + 0.5 * torch.stack(dists).mean()
+    torch.testing.assert_close(out.loss, loss)
+    _close(_grads(out.loss, model), _grads(loss, model))
+    with pytest.raises(ValueError, match="layers='deep'"):
+        make_regularizer("actdiff", layers="deep")
+
+
+def test_actdiff_all_layers_copies_in_place_relu_inputs() -> None:
+    from reldrop.regularizers import relu_inputs_and_logits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.ReLU(inplace=True), nn.Flatten(),
+                          nn.Linear(75, K))
+    x, _, _ = _batch()
+    acts, logits = relu_inputs_and_logits(model, x)
+    torch.testing.assert_close(acts[0], model[0](x))
+    assert float(acts[0].min()) < 0  # taken before the in-place ReLU clipped it
+    torch.testing.assert_close(logits, model(x))
+    with pytest.raises(TypeError, match="no nn.ReLU"):
+        relu_inputs_and_logits(nn.Sequential(nn.Flatten(), nn.Linear(50, K)), x)
+
+
 def test_isnet_and_actdiff_on_resnet() -> None:
     """In-place ReLUs, residual sums and an ``fc`` head; modes and flags restored."""
     torch.manual_seed(0)
@@ -370,8 +410,8 @@ def test_isnet_and_actdiff_on_resnet() -> None:
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([0, 3])
     m = torch.zeros(2, 8, 8)
     m[:, 2:6, 2:6] = 1
-    for name in ("isnet", "actdiff"):
-        out = make_regularizer(name)(model, x, t, m)
+    for name, params in (("isnet", {}), ("actdiff", {}), ("actdiff", {"layers": "all"})):
+        out = make_regularizer(name, **params)(model, x, t, m)
         out.loss.backward()
         assert torch.isfinite(out.loss) and model.conv1.weight.grad is not None
         model.zero_grad()

@@ -298,3 +298,26 @@ def test_epoch_checkpoint_round_trip(tmp_path: Path) -> None:
     assert (state2.step, state2.epochs, state2.restarts) == (1, state.epochs, 1)
     assert acc2.counts == acc.counts and acc2.staleness == acc.staleness
     assert not any(p.suffix == ".pkl" for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("regularizer", "flags", "expected"), [
+    ("actdiff", {}, {"layers": "penultimate"}),
+    ("actdiff", {"actdiff_layers": "all"}, {"layers": "all"}),
+    ("gradmask", {"gradmask_target": "true-class"}, {"target": "true-class", "form": "l1"}),
+    ("rrr", {"clip_grad_norm": 0.0}, {"clip_grad_norm": None}),
+])
+def test_method_flags_reach_the_regularizer(regularizer: str, flags: dict, expected: dict) -> None:
+    cfg = TrainConfig(regularizer=regularizer, **flags)
+    assert cfg.regularizer_params() == expected
+    reg = make_regularizer(regularizer, **cfg.regularizer_params())
+    for key, value in expected.items():
+        assert getattr(reg, "clip_grad_norm" if key == "clip_grad_norm" else key) == value
+
+
+def test_train_config_gate_is_the_stage_plan() -> None:
+    cfg = TrainConfig(batch_size=16, trainers=2, sync_every=1, max_staleness=2,
+                      explainer_batch_size=8)
+    plan = cfg.stage_plan("r")
+    assert plan.train_batch_size == 32 and plan.explainer_batch_size == 8
+    assert cfg.max_ahead_samples() == plan.max_ahead == 2 * 32 + 3 * 8
+    assert cfg.staleness_bound() == plan.staleness_bound == 3 + 1 + 1

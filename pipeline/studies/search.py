@@ -95,6 +95,7 @@ class SearchConfig:
     #: every run's optimizer and learning rate (see :class:`RunSpec`)
     optimizer: str = "sgd"
     lr: float = 0.05
+    batch_size: int = 64
     out: str = "runs/search"
     #: method -> grid replacing the built-in one (e.g. a narrower range found by a first search)
     grids: Mapping[str, Sequence[Point]] = field(default_factory=dict)
@@ -107,7 +108,8 @@ class SearchConfig:
             raise ValueError(f"seeds={list(self.seeds)!r}; expected distinct integers")
         if self.epochs < 1 or self.eval_limit < 1 or (self.limit is not None and self.limit < 1):
             raise ValueError("epochs, eval_limit and limit must be >= 1")
-        RunSpec(optimizer=self.optimizer, lr=self.lr)  # one line naming a wrong one, up front
+        # one line naming a wrong optimizer, lr or batch size, up front
+        RunSpec(optimizer=self.optimizer, lr=self.lr, batch_size=self.batch_size)
         if not 0 <= self.tol < 1:
             raise ValueError(f"tol={self.tol}; expected in [0, 1)")
         bad = [m for m, g in self.grids.items() if m not in GRIDS or not g]
@@ -126,9 +128,9 @@ def _spec(method: str, point: Point, cfg: SearchConfig) -> RunSpec:
     params = {k: v for k, v in point.items() if k != "lam"}
     if method in _AUGMENTS:
         return RunSpec(augment=method, params=params, epochs=cfg.epochs, model=cfg.model,
-                       optimizer=cfg.optimizer, lr=cfg.lr)
+                       optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size)
     return RunSpec(regularizer=method, lam=point.get("lam"), params=params, epochs=cfg.epochs,
-                   model=cfg.model, optimizer=cfg.optimizer, lr=cfg.lr)
+                   model=cfg.model, optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size)
 
 
 def select(points: Sequence[Mapping[str, Any]], tol: float) -> int:
@@ -216,7 +218,8 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> dict
     grid = "quick" if cfg.quick else "full"
     (out / "search.md").write_text(
         f"# Method comparison with per-method search\n\nData `{cfg.data}` ({result['sizes']}); "
-        f"{grid} grid, {cfg.epochs} epoch(s), {cfg.optimizer} at lr {cfg.lr:g}, "
+        f"{grid} grid, {cfg.epochs} epoch(s), batch {cfg.batch_size}, {cfg.optimizer} at lr "
+        f"{cfg.lr:g}, "
         f"seeds {list(cfg.seeds)}, model {cfg.model}; "
         f"winner = strongest setting within {cfg.tol} of the best mean validation accuracy "
         f"(in distribution; OOD never used); occlusion and relevance metrics on "

@@ -18,6 +18,7 @@ from typing import Any
 
 from reldrop.composites import COMPOSITES
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.regularizers import REGULARIZERS
 
 __all__ = [
@@ -116,6 +117,10 @@ class TrainConfig:
     gradmask_form: str = option("l1", "method", "GradMask penalty: l1 summed over the batch "
                                 "(Viviano et al.) or the original squared, ramped form",
                                 choices=lambda: ("l1", "original"))
+    actdiff_layers: str = option(
+        "penultimate", "method", "ActDiff: compare the penultimate features (the reference's "
+        "final code) or the pre-activations of every layer (its earlier CNN)",
+        choices=lambda: ("penultimate", "all"))
     isnet_classes: str = option("all", "method", "ISNet: penalise the heatmaps of all classes "
                                 "(reference) or of the label only", choices=lambda: ("all", "label"))
     isnet_first_layer: str = option("zb", "method", "ISNet first-layer LRP rule",
@@ -189,6 +194,7 @@ class TrainConfig:
         """Keyword arguments of :func:`reldrop.regularizers.make_regularizer` beyond ``lam``."""
         per_method: dict[str, dict[str, Any]] = {
             "gradmask": {"target": self.gradmask_target, "form": self.gradmask_form},
+            "actdiff": {"layers": self.actdiff_layers},
             "isnet": {"classes": self.isnet_classes, "first_layer": self.isnet_first_layer,
                       "B": self.isnet_b},
             "classify-masked": {"background": self.classify_masked_background},
@@ -216,22 +222,19 @@ class TrainConfig:
     def global_batch(self) -> int:
         return self.batch_size * self.trainers
 
-    def ahead_steps(self) -> int:
-        """Trainer steps the explainers may run ahead: staleness <= ahead + sync_every + 1
-        (the +1: a publish lands asynchronously, at most one step late)."""
-        return max(1, self.max_staleness - self.sync_every - 1)
+    def stage_plan(self, run_id: str = "run") -> StagePlan:
+        """The explainer stage's gate for this run (one place for the staleness arithmetic)."""
+        return StagePlan(run_id=run_id, train_batch_size=self.global_batch,
+                         sync_every=self.sync_every, max_staleness=self.max_staleness,
+                         explainer_batch_size=self.stage_batch_size)
 
     def max_ahead_samples(self) -> int:
-        """Rows explained but not yet consumed that the gate admits. The floor keeps the stream
-        live: Ray Data's split operator may hold back up to two blocks (of about one explainer
-        batch each) and every trainer needs a full batch."""
-        floor = 2 * self.global_batch + 3 * self.stage_batch_size
-        return max(self.ahead_steps() * self.global_batch, floor)
+        """Rows explained but not yet consumed that the gate admits (:attr:`StagePlan.max_ahead`)."""
+        return self.stage_plan().max_ahead
 
     def staleness_bound(self) -> int:
         """The staleness (trainer steps) that the gate guarantees, given the sizes."""
-        ahead = math.ceil(self.max_ahead_samples() / self.global_batch)
-        return ahead + self.sync_every + 1
+        return self.stage_plan().staleness_bound
 
     # ---- conversions ---------------------------------------------------------------------
     @classmethod
