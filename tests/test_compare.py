@@ -126,6 +126,8 @@ def test_search_arguments() -> None:
         RunSpec(optimizer="lbfgs")
     with pytest.raises(ValueError, match="lr=0"):
         SearchConfig(data="x", lr=0.0)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        SearchConfig(data="x", batch_size=0)
     for bad in ("rrr=x", "nope=1", "rrr="):
         with pytest.raises(SystemExit):
             parse_args(["--search", "quick", "--data", "x", "--grid", bad])
@@ -140,10 +142,12 @@ def test_quick_search_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "search"
     code = main(parse_args(["--search", "quick", "--data", root, "--methods", "none,gradmask",
                             "--seeds", "2", "--epochs", "1", "--eval-limit", "8",
-                            "--optimizer", "adam", "--lr", "0.001", "--out", str(out)]))
+                            "--optimizer", "adam", "--lr", "0.001", "--batch-size", "16",
+                            "--out", str(out)]))
     assert code == 0
     result = json.loads((out / "search.json").read_text())
     assert result["config"]["optimizer"] == "adam" and result["config"]["lr"] == 0.001
+    assert result["config"]["batch_size"] == 16
     assert result["sizes"] == {"train": 57, "val": 14, "test-id": 14, "test": 14}
     gm = result["methods"][1]
     assert gm["method"] == "gradmask" and len(gm["grid"]) == len(grid_points("gradmask", True))
@@ -152,5 +156,6 @@ def test_quick_search_end_to_end(tmp_path, capsys) -> None:
         assert set(method["figures"]) == set(SEARCH_METRICS)
         assert all(len(v) == 2 for v in method["figures"].values())  # one per seed
     table = (out / "search.md").read_text()
-    assert "| gradmask | lam=" in table and "OOD never used" in table and "adam at lr 0.001" in table
+    assert "| gradmask | lam=" in table and "OOD never used" in table
+    assert "batch 16, adam at lr 0.001" in table
     assert "[search] gradmask {'lam': 0.001}: val" in capsys.readouterr().out

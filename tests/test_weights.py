@@ -175,6 +175,8 @@ def test_actor_and_typed_client(ray_local):
     trainer = WeightStoreClient("typed", max_ahead=8, create=True)
     explainer = WeightStoreClient("typed", max_ahead=8, create=False)
     try:
+        # the actor's first start may take long on a loaded 2-core machine: wait for it once
+        assert trainer.version(timeout=120.0) == -1
         assert explainer.latest(-1) is None  # nothing published yet
         assert trainer.publish(0, _state()) == 0
         version, weights = explainer.latest(-1)  # type: ignore[misc]
