@@ -23,7 +23,7 @@ lint: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest
 
-# `make results`: the studies whose tables the README shows (in process, about 1.5 h on 2 cores);
+# `make results`: the studies whose tables the README shows (in process, about 3 h on 2 cores);
 # each command writes docs/results/NAME/ and its table between the README's results:NAME markers
 results: $(VENV)/.installed
 	test -f data/viviano-synthetic/manifest.parquet || $(BIN)/reldrop make-shards --dataset viviano-synthetic --out data/viviano-synthetic
