@@ -179,11 +179,13 @@ def penultimate_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Ten
     return captured[-1].flatten(1), logits
 
 
-
-def relu_inputs_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def relu_inputs_and_logits(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The input of every ``nn.ReLU`` call (the pre-activations, in call order) and the logits,
     from one pass through ``model``'s own forward."""
     captured: list[torch.Tensor] = []
+
     def keep(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         # an in-place ReLU overwrites its input: keep a copy taken before it does
         captured.append(inputs[0].clone() if getattr(module, "inplace", False) else inputs[0])
@@ -198,6 +200,7 @@ def relu_inputs_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[list[torc
         for handle in handles:
             handle.remove()
     return captured, logits
+
 
 # --- differentiable LRP for the ISNet loss -----------------------------------------------------
 
