@@ -397,7 +397,7 @@ def test_actdiff_all_layers_copies_in_place_relu_inputs() -> None:
     x, _, _ = _batch()
     acts, logits = relu_inputs_and_logits(model, x)
     torch.testing.assert_close(acts[0], model[0](x))
-    assert float(acts[0].min()) < 0  # taken before the in-place ReLU clipped it
+    assert float(acts[0].detach().min()) < 0  # taken before the in-place ReLU clipped it
     torch.testing.assert_close(logits, model(x))
     with pytest.raises(TypeError, match="no nn.ReLU"):
         relu_inputs_and_logits(nn.Sequential(nn.Flatten(), nn.Linear(50, K)), x)
