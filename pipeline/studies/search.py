@@ -126,11 +126,12 @@ def grid_points(method: str, quick: bool, grids: Mapping[str, Sequence[Point]] |
 
 def _spec(method: str, point: Point, cfg: SearchConfig) -> RunSpec:
     params = {k: v for k, v in point.items() if k != "lam"}
-    if method in _AUGMENTS:
-        return RunSpec(augment=method, params=params, epochs=cfg.epochs, model=cfg.model,
-                       optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size)
-    return RunSpec(regularizer=method, lam=point.get("lam"), params=params, epochs=cfg.epochs,
-                   model=cfg.model, optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size)
+    method_args: dict[str, Any] = (
+        {"augment": method} if method in _AUGMENTS
+        else {"regularizer": method, "lam": point.get("lam")}
+    )
+    return RunSpec(**method_args, params=params, epochs=cfg.epochs, model=cfg.model,
+                   optimizer=cfg.optimizer, lr=cfg.lr, batch_size=cfg.batch_size)
 
 
 def select(points: Sequence[Mapping[str, Any]], tol: float) -> int:
