@@ -43,10 +43,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_with_config(build_parser(), argv)
     args.command = "reldrop bench " + shlex.join(argv)
-    if args.tiny:
-        args.quick = True
-        args.limit = args.limit or 300
-        args.sync_repeats = args.sync_repeats or 1
     return args
 
 

@@ -18,10 +18,15 @@ HEADLINE = (
 )
 
 
-def test_parse_args_tiny_sets_small_sizes() -> None:
+def test_tiny_sets_small_sizes() -> None:
+    from reldrop.pipeline.studies.bench import BenchConfig
+
     args = bench.parse_args(["--tiny", "--out", "x"])
-    assert args.quick and args.limit == 300 and args.sync_repeats == 1
-    assert args.command == "reldrop bench --tiny --out x"
+    assert args.tiny and args.command == "reldrop bench --tiny --out x"
+    tiny, quick = BenchConfig(tiny=True), BenchConfig(quick=True)
+    assert (tiny.n_limit, tiny.n_rounds, tiny.n_sync_repeats) == (300, 1, 1)
+    assert tiny.staleness_grid() == [] and quick.staleness_grid() == [(1, 2)]
+    assert BenchConfig(tiny=True, limit=50).n_limit == 50
 
 
 def test_bench_config_rejects_bad_sizes() -> None:

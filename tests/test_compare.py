@@ -142,11 +142,10 @@ def test_quick_search_end_to_end(tmp_path, capsys) -> None:
     out = tmp_path / "search"
     code = main(parse_args(["--search", "quick", "--data", root, "--methods", "none,gradmask",
                             "--seeds", "2", "--epochs", "1", "--eval-limit", "8",
-                            "--optimizer", "adam", "--lr", "0.001", "--batch-size", "16",
-                            "--out", str(out)]))
+                            "--batch-size", "16", "--out", str(out)]))
     assert code == 0
     result = json.loads((out / "search.json").read_text())
-    assert result["config"]["optimizer"] == "adam" and result["config"]["lr"] == 0.001
+    assert result["config"]["optimizer"] == "adam" and result["config"]["lr"] == 0.001  # defaults
     assert result["config"]["batch_size"] == 16
     assert result["sizes"] == {"train": 57, "val": 14, "test-id": 14, "test": 14}
     gm = result["methods"][1]
@@ -158,4 +157,4 @@ def test_quick_search_end_to_end(tmp_path, capsys) -> None:
     table = (out / "search.md").read_text()
     assert "| gradmask | lam=" in table and "OOD never used" in table
     assert "batch 16, adam at lr 0.001" in table
-    assert "[search] gradmask {'lam': 0.001}: val" in capsys.readouterr().out
+    assert "[search] gradmask {'lam': 0.01}: val" in capsys.readouterr().out

@@ -43,6 +43,7 @@ class BenchConfig:
 
     out: str = "runs/bench"
     quick: bool = False
+    tiny: bool = False  # the test suite's size: quick, 300 samples, no extra staleness runs
     gpu: bool = False
     data: str | None = None
     limit: int | None = None
@@ -68,7 +69,7 @@ class BenchConfig:
     # sizes: quick / full defaults, overridable
     @property
     def n_limit(self) -> int:
-        return self.limit or (1000 if self.quick else 2500)
+        return self.limit or (300 if self.tiny else 1000 if self.quick else 2500)
 
     @property
     def n_epochs(self) -> int:
@@ -76,14 +77,16 @@ class BenchConfig:
 
     @property
     def n_rounds(self) -> int:
-        return self.rounds or (1 if self.quick else 2)
+        return self.rounds or (1 if self.quick or self.tiny else 2)
 
     @property
     def n_sync_repeats(self) -> int:
-        return self.sync_repeats or (3 if self.quick else 10)
+        return self.sync_repeats or (1 if self.tiny else 3 if self.quick else 10)
 
     def staleness_grid(self) -> list[tuple[int, int]]:
         """(sync_every, explainers) pairs; the main async run covers (sync_every, 1)."""
+        if self.tiny:
+            return []
         if self.quick:
             return [(1, 2)]
         return [(s, e) for e in (1, 2) for s in (1, 4, 16) if (s, e) != (self.sync_every, 1)]
