@@ -54,7 +54,7 @@ def _lams(*values: float) -> list[Point]:
 #: method -> (quick grid, full grid); each point a RunSpec's lam / params, weak to strong. The
 #: penalties' windows between "keeps the shortcut" and "collapses to chance" are about half a
 #: decade wide (measured with Adam 1e-3 on both shortcut tasks: GradMask 0.1-0.3, ActDiff
-#: 0.03-0.3, RRR 100 on decoy-mnist-strong), so their grids step by ~3x.
+#: 0.03-0.3, RRR 10-100 on decoy-mnist-strong), so their grids step by ~3x.
 GRIDS: dict[str, tuple[list[Point], list[Point]]] = {
     "none": ([{}], [{}]),
     "gradmask": (_lams(0.01, 0.03, 0.1, 0.3), _lams(1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0)),
