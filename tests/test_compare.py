@@ -103,6 +103,18 @@ def test_selection_uses_validation_only_and_prefers_the_strongest_tie() -> None:
     assert select(points, 0.01) == 1
 
 
+def test_search_table_names_option_settings() -> None:
+    """A grid point may set a method option (a string) beside its weight."""
+    from reldrop.pipeline.studies.search import SEARCH_METRICS, format_search_table
+
+    figures = {key: [0.5, 0.7] for key in SEARCH_METRICS}
+    table = format_search_table([{"method": "gradmask", "figures": figures,
+                                  "winner": {"lam": 30.0, "form": "original"}},
+                                 {"method": "none", "figures": figures, "winner": {}}])
+    assert "| gradmask | lam=30, form=original | 0.600 ± 0.141 |" in table
+    assert "| none | – |" in table
+
+
 def test_search_arguments() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--search", "quick"])  # needs --data

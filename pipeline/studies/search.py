@@ -188,6 +188,11 @@ def _search_method(
     return {"method": method, "winner": winner["point"], "figures": figures, "grid": points}
 
 
+def _setting(value: Any) -> str:
+    """A grid value for the table: numbers short (``1e+04``, ``0.3``), options as they are."""
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
 def format_search_table(results: Sequence[Mapping[str, Any]]) -> str:
     """Markdown: one row per method, its winning setting, mean ± std over seeds per metric."""
     header = ["method", "winner (selected on val)", *SEARCH_METRICS.values()]
@@ -201,7 +206,7 @@ def format_search_table(results: Sequence[Mapping[str, Any]]) -> str:
             if s["std"] is not None:
                 text += f" ± {s['std']:.{digits}f}"
             cells.append(text)
-        winner = ", ".join(f"{k}={v:g}" for k, v in r["winner"].items()) or "–"
+        winner = ", ".join(f"{k}={_setting(v)}" for k, v in r["winner"].items()) or "–"
         lines.append("| " + " | ".join([r["method"], winner, *cells]) + " |")
     return "\n".join(lines)
 
