@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
                    help="--search: replace METHOD's grid by these values (lambda for a "
                    "regularizer, p for an augmentation); repeatable")
+    p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
+                   help="--search: add these method options to every grid point of METHOD, e.g. "
+                   "gradmask='{\"form\": \"original\"}'; repeatable")
     p.add_argument("--readme", default=None, metavar="FILE#NAME",
                    help="--search/--staleness: also write the table between the "
                    "'<!-- results:NAME -->' markers of FILE, with this command and the machine")
@@ -131,6 +134,25 @@ def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, l
     return grids
 
 
+def _with_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """``args.grid`` with each ``--options METHOD=JSON`` merged into every point of METHOD's grid
+    (the given one or the built-in quick / full one)."""
+    from reldrop.pipeline.studies.search import GRIDS, grid_points  # noqa: PLC0415
+
+    grids: dict[str, list[dict]] = dict(args.grid)
+    for item in args.options:
+        method, _, text = item.partition("=")
+        if method not in GRIDS:
+            parser.error(f"--options {item!r}: expected METHOD=JSON with METHOD in {list(GRIDS)}")
+        try:
+            options = _json_object(text)
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--options {method}=...: {err}")
+        points = grid_points(method, args.search == "quick", grids)
+        grids[method] = [{**point, **options} for point in points]
+    return grids
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
@@ -152,6 +174,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.search != "off" and not args.data:
         parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
     args.grid = _grids(parser, args.grid)
+    args.grid = _with_options(parser, args)
     if args.readme is not None and args.search == "off":
         parser.error("--readme works with --search or --staleness")
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),

@@ -143,6 +143,15 @@ def test_search_arguments() -> None:
     for bad in ("rrr=x", "nope=1", "rrr="):
         with pytest.raises(SystemExit):
             parse_args(["--search", "quick", "--data", "x", "--grid", bad])
+    args = parse_args(["--search", "quick", "--data", "x", "--grid", "gradmask=1,10",
+                       "--options", 'gradmask={"form": "original"}',
+                       "--options", 'actdiff={"layers": "all"}'])
+    assert args.grid["gradmask"] == [{"lam": 1.0, "form": "original"},
+                                     {"lam": 10.0, "form": "original"}]
+    assert args.grid["actdiff"] == [{**p, "layers": "all"} for p in GRIDS["actdiff"][0]]
+    for bad in ("gradmask=[1]", "nope={}", "gradmask={form"):
+        with pytest.raises(SystemExit):
+            parse_args(["--search", "quick", "--data", "x", "--options", bad])
 
 
 def test_quick_search_end_to_end(tmp_path, capsys) -> None:
