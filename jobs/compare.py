@@ -177,6 +177,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.grid = _with_options(parser, args)
     if args.readme is not None and args.search == "off":
         parser.error("--readme works with --search or --staleness")
+    if (args.grid or args.options) and args.search == "off":
+        parser.error("--grid and --options work with --search quick|full")
     for flag, value in (("--seeds", args.seeds), ("--epochs", args.epochs), ("--limit", args.limit),
                         ("--eval-limit", args.eval_limit), ("--parallel", args.parallel)):
         if value < 1:

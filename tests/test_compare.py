@@ -149,6 +149,8 @@ def test_search_arguments() -> None:
     assert args.grid["gradmask"] == [{"lam": 1.0, "form": "original"},
                                      {"lam": 10.0, "form": "original"}]
     assert args.grid["actdiff"] == [{**p, "layers": "all"} for p in GRIDS["actdiff"][0]]
+    with pytest.raises(SystemExit):  # not silently ignored without --search
+        parse_args(["--data", "x", "--options", 'gradmask={"form": "original"}'])
     for bad in ("gradmask=[1]", "nope={}", "gradmask={form"):
         with pytest.raises(SystemExit):
             parse_args(["--search", "quick", "--data", "x", "--options", bad])
