@@ -134,13 +134,14 @@ def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, l
     return grids
 
 
-def _with_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, list[dict]]:
-    """``args.grid`` with each ``--options METHOD=JSON`` merged into every point of METHOD's grid
-    (the given one or the built-in quick / full one)."""
+def _with_options(parser: argparse.ArgumentParser, grids: dict[str, list[dict]],
+                  items: Sequence[str], quick: bool) -> dict[str, list[dict]]:
+    """``grids`` with each ``--options METHOD=JSON`` of ``items`` merged into every point of
+    METHOD's grid (the given one or the built-in quick / full one)."""
     from reldrop.pipeline.studies.search import GRIDS, grid_points  # noqa: PLC0415
 
-    grids: dict[str, list[dict]] = dict(args.grid)
-    for item in args.options:
+    grids = dict(grids)
+    for item in items:
         method, _, text = item.partition("=")
         if method not in GRIDS:
             parser.error(f"--options {item!r}: expected METHOD=JSON with METHOD in {list(GRIDS)}")
@@ -148,7 +149,7 @@ def _with_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             options = _json_object(text)
         except argparse.ArgumentTypeError as err:
             parser.error(f"--options {method}=...: {err}")
-        points = grid_points(method, args.search == "quick", grids)
+        points = grid_points(method, quick, grids)
         grids[method] = [{**point, **options} for point in points]
     return grids
 
@@ -173,8 +174,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--methods {wrong} not known with --search {args.search}; expected {list(known)}")
     if args.search != "off" and not args.data:
         parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
-    args.grid = _grids(parser, args.grid)
-    args.grid = _with_options(parser, args)
+    args.grid = _with_options(parser, _grids(parser, args.grid), args.options,
+                              quick=args.search == "quick")
     if args.readme is not None and args.search == "off":
         parser.error("--readme works with --search or --staleness")
     if (args.grid or args.options) and args.search == "off":
