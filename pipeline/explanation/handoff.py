@@ -203,20 +203,25 @@ class Handoff:
         parts: list[_Part] = []
         for j, rows in enumerate(split_rows(n, len(live) or 1, min_rows=self.min_chunk_rows)):
             chunk = {c: np.asarray(batch[c])[rows] for c in CHUNK_COLUMNS if c in batch}
-            index = live[(self._next + j) % len(live)] if live else -1
-            handle = self._submit(index, chunk, epoch) if index >= 0 else None
+            turn = (self._next + j) % max(1, len(live))
+            order = live[turn:] + live[:turn]
+            index, handle = self._submit(order, chunk, epoch)
             parts.append(_Part(rows, index, handle, chunk))
         self._next += 1
         self.stats.batches += 1
         self.stats.chunks += len(parts)
         return _Ticket(dict(batch), parts)
 
-    def _submit(self, index: int, chunk: Columns, epoch: int) -> Any:
-        try:
-            return self.transport.submit(index, chunk, epoch, self.version)
-        except ExplainerLost:
-            self._lost(index)
-            return None
+    def _submit(self, candidates: list[int], chunk: Columns, epoch: int) -> tuple[int, Any]:
+        """Send ``chunk`` to the first candidate that takes it: (index, handle), or (-1, None)."""
+        for index in candidates:
+            if index in self._down:
+                continue
+            try:
+                return index, self.transport.submit(index, chunk, epoch, self.version)
+            except ExplainerLost:
+                self._lost(index)
+        return -1, None
 
     def _lost(self, index: int) -> None:
         self.stats.lost += 1
@@ -245,11 +250,9 @@ class Handoff:
             except TimeoutError:
                 break
             tried.add(part.index)
-            others = [i for i in self._live() if i not in tried]
-            if not others:
-                break
-            part.index, part.handle = others[0], self._submit(others[0], part.chunk, epoch)
-            self.stats.resent += 1
+            part.index, part.handle = self._submit(
+                [i for i in self._live() if i not in tried], part.chunk, epoch)
+            self.stats.resent += part.handle is not None
         return self._in_loop(part.chunk, epoch)
 
     def _in_loop(self, chunk: Columns, epoch: int) -> Columns:
@@ -279,18 +282,20 @@ class LocalTransport:
     def publish(self, version: int, weights: Mapping[str, np.ndarray]) -> None:
         self.weights = {version: weights}  # the newest only: dispatches use it
 
-    def _run(self, index: int, chunk: Columns, epoch: int, version: int) -> Columns:
+    def _run(self, index: int, chunk: Columns, epoch: int, version: int,
+             weights: Mapping[str, np.ndarray] | None) -> Columns:
         if index in self.dead:
             raise ExplainerLost(f"explainer {index} is dead")
         explainer = self.explainers[index]
-        if getattr(explainer, "version", None) != version and version in self.weights:
-            explainer.load(version, self.weights[version])
+        if getattr(explainer, "version", None) != version and weights is not None:
+            explainer.load(version, weights)
         return dict(explainer.explain(dict(chunk), epoch))
 
     def submit(self, index: int, chunk: Columns, epoch: int, version: int) -> Future[Columns]:
         if index in self.dead:
             raise ExplainerLost(f"explainer {index} is dead")
-        return self.pools[index].submit(self._run, index, chunk, epoch, version)
+        weights = self.weights.get(version)  # the call carries its weights, as over Ray
+        return self.pools[index].submit(self._run, index, chunk, epoch, version, weights)
 
     def result(self, handle: Future[Columns], timeout: float) -> Columns:
         try:
