@@ -22,7 +22,12 @@ from reldrop.pipeline.training.report import (
     staleness_stats,
     write_json,
 )
-from reldrop.pipeline.training.resume import TrainState, load_train_state, save_train_state
+from reldrop.pipeline.training.resume import (
+    TrainState,
+    accounting_json,
+    load_train_state,
+    save_train_state,
+)
 from reldrop.pipeline.training.scaling import plan_resources
 from reldrop.pipeline.training.step import train_step
 from reldrop.regularizers import make_regularizer
@@ -278,7 +283,7 @@ def test_epoch_checkpoint_round_trip(tmp_path: Path) -> None:
     acc.account(_batch(4, skipped=[1], versions=[0, 0, 1, 1]), step=1)
     state = TrainState(step=1, epochs=[{"epoch": 1, "samples": 3}])
     spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=3)
-    save_train_state(tmp_path, model, opt, spec, state, acc)
+    save_train_state(tmp_path, model, opt, spec, state, [accounting_json(acc)])
 
     class _Checkpoint:  # what ray.train.Checkpoint offers
         def as_directory(self):  # noqa: ANN202

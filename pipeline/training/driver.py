@@ -6,6 +6,7 @@ loop is :mod:`.worker`; the report is assembled in :mod:`.report`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.report import (
+    WORKERS_FILE,
     RunReport,
     WorkerSummary,
     assemble_report,
@@ -271,9 +273,16 @@ def _fit(run: _Run, trainer: Any, explainers: list[Any]) -> tuple[Any, dict[str,
         result = trainer.fit()
     finally:
         stats = _explainer_stats(explainers)
-    if result.metrics is None or result.checkpoint is None or not result.metrics.get("workers"):
+    if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"training run {run.run_id} finished without a final report: {result.error}")
     return result, stats
+
+
+def _workers(result: Any) -> list[WorkerSummary]:
+    """Every worker's summary, from the final checkpoint (see ``WORKERS_FILE``)."""
+    with result.checkpoint.as_directory() as ckpt_dir:
+        data = json.loads((Path(ckpt_dir) / WORKERS_FILE).read_text())
+    return [WorkerSummary.from_json(w) for w in data]
 
 
 def _explainer_stats(explainers: list[Any]) -> dict[str, Any]:
@@ -303,7 +312,7 @@ def run_training(
     result, explainer_stats = _fit(run, _trainer(run, _datasets(run)), explainers)
     report = assemble_report(
         config=run.cfg.to_json(), run_id=run.run_id, model_spec=run.spec.to_json(),
-        workers=[WorkerSummary.from_json(w) for w in result.metrics["workers"]],
+        workers=_workers(result),
         skipped_shards=list(run.plan.skipped_shards), explainer_stats=explainer_stats,
         staleness_bound=run.cfg.staleness_bound() if run.cfg.needs_explainer else None,
         simulated=run.cfg.simulated_device().to_json(),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "WORKERS_FILE",
     "RunReport",
     "WorkerSummary",
     "assemble_report",
@@ -25,6 +26,11 @@ __all__ = [
     "write_json",
     "write_report",
 ]
+
+
+#: every worker's :class:`WorkerSummary`, in the final checkpoint (not in the metrics, which
+#: stay flat scalars)
+WORKERS_FILE = "workers.json"
 
 
 @dataclass(kw_only=True)

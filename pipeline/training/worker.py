@@ -30,12 +30,17 @@ from reldrop.pipeline.simulated import SimulatedDevice, padded
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.meter import Meter
-from reldrop.pipeline.training.report import WorkerSummary
-from reldrop.pipeline.training.resume import TrainState, load_train_state, save_train_state
+from reldrop.pipeline.training.report import WORKERS_FILE, WorkerSummary, write_json
+from reldrop.pipeline.training.resume import (
+    TrainState,
+    accounting_json,
+    load_train_state,
+    save_train_state,
+)
 from reldrop.pipeline.training.step import train_step
 from reldrop.regularizers import Regularizer, make_regularizer
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["epoch_metrics", "train_loop_per_worker"]
 
 
 @dataclass
@@ -248,24 +253,50 @@ def _summary(w: _Worker) -> WorkerSummary:
     )
 
 
-def _report_epoch(w: _Worker, final: bool) -> None:
-    """Send this epoch's figures with a checkpoint (rank 0 writes it); the last epoch's report
-    carries every worker's summary."""
+def _gather(w: _Worker, item: Any) -> list[Any]:
+    """``item`` of every rank, in rank order (one all-gather; no collective with one rank)."""
+    if w.world == 1:
+        return [item]
+    import torch.distributed as dist  # noqa: PLC0415
+
+    gathered: list[Any] = [None] * w.world
+    dist.all_gather_object(gathered, item)
+    return gathered
+
+
+def epoch_metrics(w: _Worker, record: dict[str, Any]) -> dict[str, float | int]:
+    """Flat scalars for ``ray.train.report`` (``Result.metrics_dataframe``, checkpoint scoring,
+    Tune): the epoch's figures and this rank's throughput, waiting and staleness so far."""
+    stale = w.accounting.staleness
+    rows = sum(stale.values())
+    elapsed = w.meter.elapsed()
+    metrics: dict[str, float | int] = {k: v for k, v in record.items()
+                                       if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics.update({
+        "samples_per_s": w.meter.rows * w.world / elapsed if elapsed > 0 else 0.0,
+        "trainer_wait_fraction": w.meter.wait_s / elapsed if elapsed > 0 else 0.0,
+        "staleness_max": max(stale) if stale else -1,
+        "staleness_mean": sum(k * v for k, v in stale.items()) / rows if rows else -1.0,
+    })
+    return metrics
+
+
+def _report_epoch(w: _Worker, record: dict[str, Any], final: bool) -> None:
+    """Report the epoch's flat metrics with a checkpoint: rank 0 writes the model, the
+    optimiser and every rank's counts; after the last epoch also every rank's summary
+    (``workers.json``), which the driver reads from the final checkpoint."""
     import ray.train  # noqa: PLC0415
 
-    summaries = [_summary(w).to_json()]
-    if final and w.world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        gathered: list[Any] = [None] * w.world
-        dist.all_gather_object(gathered, summaries[0])
-        summaries = gathered
-    metrics = {"epoch": len(w.state.epochs), "workers": summaries if final else []}
+    ranks = _gather(w, accounting_json(w.accounting))
+    summaries = _gather(w, _summary(w).to_json()) if final else None
+    metrics = epoch_metrics(w, record)
     if w.rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_train_state(Path(tmp), w.inner, w.optimizer, w.spec, w.state, w.accounting)
+        save_train_state(Path(tmp), w.inner, w.optimizer, w.spec, w.state, ranks)
+        if summaries is not None:
+            write_json(Path(tmp) / WORKERS_FILE, summaries)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -274,7 +305,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train  # noqa: PLC0415
 
     w = _setup(loop_config)
-    load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting)
+    load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting,
+                     rank=w.rank)
     if w.handoff is not None:
         w.handoff.publish(w.inner, w.state.step)
     sets = loop_config["train_sets"]  # one per epoch when shuffling
@@ -288,4 +320,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 record[key] = _evaluate(w, ray.train.get_dataset_shard(name))
         w.state.epochs.append(record)
         w.meter.epoch_line(record, w.cfg.epochs)
-        _report_epoch(w, final=epoch == w.cfg.epochs - 1)
+        _report_epoch(w, record, final=epoch == w.cfg.epochs - 1)
