@@ -255,6 +255,9 @@ def test_two_trainers_async_survive_explainer_and_trainer_kills_and_skipped_rank
         thread.join(timeout=10)
     assert proc.returncode == 0, output[-3000:]
     assert killed == ["ray::ExplainerActor", "ray::RayTrainWorker"]
+    # a successful run prints its own lines only (Ray's, restarts included, go to run.log)
+    assert "Traceback" not in output and len(output.splitlines()) <= 40, output[-3000:]
+    assert (out / "run.log").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
     assert report["restarts"] >= 1 and len(report["keys"]) == 2
     assert report["counts"]["skipped"] == 3 * 32 and report["counts"]["trained"] == 3 * 224
