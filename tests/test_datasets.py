@@ -15,7 +15,7 @@ from reldrop.pipeline.data.datasets import (
 )
 from reldrop.pipeline.data.datasets.mnist import SWATCH, decoy_shade
 from reldrop.pipeline.data.manifest import read_manifest
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 
 
 def _split(name: str, split: str, **options) -> list[dict]:

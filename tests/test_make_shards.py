@@ -14,7 +14,7 @@ from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.datasets import DatasetSource, build
 from reldrop.pipeline.data.fs import absolute_url, resolve
 from reldrop.pipeline.data.manifest import read_manifest, verify_dataset
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 
 
 def test_decoy_mnist(tmp_path: Path, capsys) -> None:

@@ -48,7 +48,7 @@ class SplitData:
 
 def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None) -> dict[str, SplitData]:
     """Read ``splits`` of the shard dataset at ``root`` (at most ``limit`` samples each)."""
-    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415 (torch is heavy)
 
     out: dict[str, SplitData] = {}
     for split in splits:

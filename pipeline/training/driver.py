@@ -50,14 +50,14 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
     """Model spec from the manifest; per-channel mean/std estimated from the first samples."""
-    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415
+    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415
 
     m = plan.manifest
     if m.modality == "points":
         return ModelSpec(name=cfg.model, in_channels=int(m.input_shape[1]), num_classes=m.num_classes,
                          normalization=Normalization(mean=(0.0,), std=(1.0,)))
     images = []
-    for i, sample in enumerate(iter_samples(plan.root, plan.split, on_error="skip")):
+    for i, sample in enumerate(iter_samples(plan, on_error="skip")):
         images.append(sample["image"])
         if i >= 511:
             break

@@ -11,7 +11,7 @@ import torch
 
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import load_checkpoint
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.plots import plot_relevance_grid, plot_training_curves
