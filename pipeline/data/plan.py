@@ -127,7 +127,7 @@ def plan_split(
     root, split = parse_data_url(url, default_split)
     if _looks_like_root(root) and has_manifest(root):
         return _manifest_plan(root, split, on_error, decode, num_classes)
-    return _webdataset_plan(url, root, split, default_split, on_error, decode, num_classes)
+    return _webdataset_plan(url, root, split, on_error, decode, num_classes)
 
 
 def _looks_like_root(root: str) -> bool:
@@ -217,11 +217,10 @@ def expand_urls(spec: str, split: str | None = None) -> list[str]:
     return urls
 
 
-def _webdataset_plan(url: str, root: str, split: str, default_split: str, on_error: OnError,
+def _webdataset_plan(url: str, root: str, split: str, on_error: OnError,
                      decode: DecodeOptions, num_classes: int | None) -> DataPlan:
-    spec = root if _looks_like_root(root) else url  # a brace URL may itself hold no '#'
-    requested = split if "#" in url or _looks_like_root(root) else None
-    urls = expand_urls(spec, requested)
+    spec = root
+    urls = expand_urls(spec, split)
     if not urls:
         raise ValueError(
             f"data URL {url!r} names no shards (no .tar files, nothing matched, or an empty "

@@ -18,6 +18,8 @@ from typing import Any
 
 from reldrop.composites import COMPOSITES
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.pipeline.data.codecs import DecodeOptions
+from reldrop.pipeline.data.errors import ON_ERROR
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.regularizers import REGULARIZERS
 
@@ -35,7 +37,6 @@ __all__ = [
 
 MODES = ("async", "sync", "precomputed")
 STALE_POLICIES = ("pass", "drop", "re-explain")
-ON_ERROR = ("raise", "skip")
 DEFAULT_DATA_DIR = Path(os.environ.get("RELDROP_CACHE", Path.home() / ".cache" / "reldrop"))
 #: help sections, in the order ``reldrop train --help`` shows them
 SECTIONS = ("data", "method", "optimisation", "trainer", "explainer", "staleness", "run")
@@ -81,9 +82,22 @@ class TrainConfig:
     """Everything needed to rerun a training job (``report.json["config"]``)."""
 
     # data
-    train: str | None = option(None, "data", "train data URL ROOT#split (default: the demo DecoyMNIST)")
-    test: str | None = option(None, "data", "in-distribution test data URL")
-    ood_test: str | None = option(None, "data", "out-of-distribution test data URL")
+    train: str | None = option(None, "data", "train data: ROOT or ROOT#split (default split "
+                               "train), or WebDataset shards (brace URL, glob, folder); default: "
+                               "the demo DecoyMNIST")
+    test: str | None = option(None, "data", "in-distribution test data (ROOT[#split], default "
+                              "split test, or shard URLs)")
+    ood_test: str | None = option(None, "data", "out-of-distribution test data (ROOT[#split], "
+                                  "e.g. ROOT#test-ood, or shard URLs)", aliases=("ood-data",))
+    image_key: str | None = option(None, "data", "image member(s) of each sample, e.g. jpg or "
+                                   "'jpg;png' (default: the first of jpg, jpeg, png, webp, npy)")
+    label_key: str | None = option(None, "data", "label member: cls, json or json:FIELD "
+                                   "(default: cls, else json)")
+    image_size: int | None = option(None, "data", "resize the shorter side to N and crop the "
+                                    "centre N x N (default: keep the size)")
+    num_classes: int | None = option(None, "data", "classes, for shards without a manifest "
+                                     "(default: the manifest's, else the first shard's largest "
+                                     "label + 1)")
     limit: int | None = option(None, "data", "use at most N training samples")
     on_error: str = option("raise", "data", "bad sample or shard: raise, or skip and count it",
                            choices=lambda: ON_ERROR)
@@ -184,8 +198,14 @@ class TrainConfig:
         if self.mode == "precomputed" and not self.precomputed:
             raise ValueError("mode='precomputed' needs --precomputed URL (written by `reldrop explain`)")
         self.occlusion()  # validates apply_prob, fill
+        self.decode_options()  # validates the member keys and image size
 
     # ---- derived -------------------------------------------------------------------------
+    def decode_options(self) -> DecodeOptions:
+        """Which members hold image and label, and the image size (for every data URL)."""
+        return DecodeOptions(image_key=self.image_key, label_key=self.label_key,
+                             image_size=self.image_size)
+
     def occlusion(self) -> OcclusionConfig:
         return OcclusionConfig(strategy=self.augment, p=self.apply_prob, coin=self.coin,
                                fill=self.fill)
@@ -284,7 +304,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
     for name in ("max_staleness", "max_failures", "shuffle_buffer"):
         if getattr(cfg, name) < 0:
             raise _bad(cfg, name, "an integer >= 0")
-    for name in ("limit", "explainer_batch_size", "num_cpus", "explainers_max"):
+    for name in ("limit", "explainer_batch_size", "num_cpus", "explainers_max", "num_classes",
+                 "image_size"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise _bad(cfg, name, "an integer >= 1 or unset")
     if cfg.num_gpus is not None and cfg.num_gpus < 0:

@@ -141,7 +141,7 @@ def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
         train, test, ood = default_data(cfg.seed)
         cfg = replace(cfg, train=train, test=cfg.test or test, ood_test=cfg.ood_test or ood)
     assert cfg.train is not None
-    plan = plan_split(cfg.train, "train", on_error=cfg.on_error)
+    plan = plan_split(cfg.train, "train", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes)
     spec = _spec(cfg, plan)
     init_ray(cfg)
     totals = ray.cluster_resources()
@@ -195,7 +195,7 @@ def _datasets(run: _Run) -> dict[str, Any]:
         datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res, epoch)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
-            datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),
+            datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes),
                                         on_error=cfg.on_error, read_cpus=run.res.read_cpus)
     return datasets
 

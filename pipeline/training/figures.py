@@ -35,7 +35,7 @@ def training_figures(
         return paths
     root, split = parse_data_url(url, "test")
     picked = []
-    for sample in iter_samples(root, split, on_error="skip"):
+    for sample in iter_samples(f"{root}#{split}", on_error="skip", decode=cfg.decode_options()):
         if "image" not in sample:  # point clouds: no image grid
             return paths
         picked.append(sample)
