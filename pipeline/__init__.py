@@ -1,8 +1,9 @@
 """The distributed side of reldrop: shards over fsspec, Ray Data explainer stage, weight store,
 Ray Train trainer.
 
-The public stage API is importable from here: :func:`add_explainer_stage`,
-:class:`WeightPublisher`, :func:`apply_drop`, :class:`StagePlan`. Everything else lives in the
+The public API is importable from here: the reader :func:`read_shards` (``make-shards``
+datasets or standard WebDataset shards -> ``ray.data.Dataset``) and the stage
+:func:`add_explainer_stage`, :class:`WeightPublisher`, :func:`apply_drop`, :class:`StagePlan`. Everything else lives in the
 submodules (``reldrop.pipeline.data.shards``, ``reldrop.pipeline.training.driver``, ...). Names
 are imported on first use, so ``import reldrop.pipeline`` stays light (no Ray import).
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["StagePlan", "WeightPublisher", "add_explainer_stage", "apply_drop", "staleness"]
+__all__ = [
+    "StagePlan", "WeightPublisher", "add_explainer_stage", "apply_drop", "read_shards", "staleness",
+]
 
 _WHERE = {
     "StagePlan": "reldrop.pipeline.explanation.plan",
@@ -20,6 +23,7 @@ _WHERE = {
     "staleness": "reldrop.pipeline.explanation.publisher",
     "add_explainer_stage": "reldrop.pipeline.explanation.api",
     "apply_drop": "reldrop.pipeline.explanation.api",
+    "read_shards": "reldrop.pipeline.data.stream",
 }
 
 

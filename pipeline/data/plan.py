@@ -226,19 +226,16 @@ def _webdataset_plan(url: str, root: str, split: str, on_error: OnError,
             f"data URL {url!r} names no shards (no .tar files, nothing matched, or an empty "
             "brace range) and there is no manifest.parquet at it"
         )
-    good: list[str] = []
-    skipped: list[dict[str, Any]] = []
-    for shard_url in urls:
-        fs, path = resolve(shard_url)
-        if fs.exists(path):
-            good.append(shard_url)
-        elif on_error == "raise":
-            raise ShardError(shard_url, "named by the data URL but does not exist; "
-                                        "--on-error skip leaves it out")
-        else:
-            skipped.append({"url": shard_url, "samples": 0, "reason": "does not exist"})
+    exists = {u: resolve(u)[0].exists(resolve(u)[1]) for u in urls}
+    good = [u for u in urls if exists[u]]
     if not good:
-        raise ValueError(f"data URL {url!r}: none of its {len(urls)} shard(s) exists")
+        raise ValueError(f"data URL {url!r}: none of the {len(urls)} shard(s) it names exists "
+                         f"(first: {urls[0]!r})")
+    missing = [u for u in urls if not exists[u]]
+    if missing and on_error == "raise":
+        raise ShardError(missing[0], "named by the data URL but does not exist; "
+                                     "--on-error skip leaves it out")
+    skipped = [{"url": u, "samples": 0, "reason": "does not exist"} for u in missing]
     manifest, first_count = _derive_schema(good[0], spec, decode, num_classes)
     log.warning(
         "no manifest.parquet for %r: %d shard(s) are read without sha256, size or sample-count "

@@ -29,7 +29,7 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -391,7 +391,9 @@ def _plan_of(source: str | DataPlan, split: str | None, on_error: OnError,
     if isinstance(source, DataPlan):
         return source
     url = source if split is None else f"{source}#{split}"
-    return plan_split(url, "train", on_error=on_error, decode=decode)
+    plan = plan_split(url, "train", on_error=on_error, decode=decode)
+    # without a manifest the class count is a guess from one shard: check labels >= 0 only
+    return plan if plan.verified else replace(plan, check_labels=False)
 
 
 def iter_samples(
@@ -421,6 +423,8 @@ def iter_samples(
     for entry in plan.skipped_shards:
         report.add(entry["url"], None, entry["reason"])
     schema = RowSchema.of(plan.manifest, on_error=on_error, decode=plan.decode)
+    if not plan.check_labels:
+        schema = replace(schema, num_classes=None)
     from reldrop.pipeline.data.plan import shard_tasks  # noqa: PLC0415 (cycle)
 
     tasks: Iterator[ShardTask] = iter(shard_tasks(plan, shuffle_seed=seed if shuffle_shards else None))
