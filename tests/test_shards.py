@@ -13,6 +13,7 @@ import webdataset as wds
 
 from reldrop.pipeline.data.codecs import SampleError, encode_sample
 from reldrop.pipeline.data.columns import read_columns, read_split_columns, write_columns
+from reldrop.pipeline.data.errors import ShardError, SkipReport
 from reldrop.pipeline.data.fs import arrow_filesystem, resolve
 from reldrop.pipeline.data.manifest import (
     ChecksumError,
@@ -21,7 +22,6 @@ from reldrop.pipeline.data.manifest import (
     read_manifest,
     write_manifest,
 )
-from reldrop.pipeline.data.errors import ShardError, SkipReport
 from reldrop.pipeline.data.read import ShardDataset, iter_samples
 from reldrop.pipeline.data.shards import write_dataset
 
