@@ -16,6 +16,7 @@ which reject ``0``, ``-1``, ``inf`` and ``nan`` where they make no sense, before
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import tomllib
 from collections.abc import Hashable, Sequence
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from reldrop.jobs._flags import LazyChoices
 from reldrop.pipeline.data.storage import parse_storage_options
 
 __all__ = [
@@ -92,6 +94,25 @@ finite_nonneg_float = CheckedNumber(float, 0)
 positive_float = CheckedNumber(float, 0, strict=True)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default once: appended only where the help does not already speak of its
+    default, never for required flags or an unset (``None``) default."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        if isinstance(action.choices, LazyChoices):  # listing them would import torch
+            action = copy.copy(action)
+            action.choices = None
+        return super()._expand_help(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or "default" in text.lower() or action.default is None
+                or action.default is argparse.SUPPRESS or action.default is False
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _JobParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line: ``PROG: problem; see PROG --help``."""
 
@@ -104,7 +125,7 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = _JobParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--config",

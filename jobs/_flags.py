@@ -1,7 +1,7 @@
 """Command-line flags generated from a configuration dataclass's fields.
 
 Each field declares its flag through ``FieldOption`` metadata (see
-:mod:`reldrop.pipeline.training.config`); defaults, types and choices come from the field, so a
+:mod:`reldrop.pipeline.fields`); defaults, types and choices come from the field, so a
 job never keeps a second list of them. Aliases are extra option strings of the same flag (and
 so extra config-file keys).
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import types
 import typing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
-__all__ = ["add_config_flags"]
+__all__ = ["LazyChoices", "add_config_flags"]
 
 
 def _scalar_type(annotation: Any) -> type | None:
@@ -25,8 +26,34 @@ def _scalar_type(annotation: Any) -> type | None:
     return annotation if isinstance(annotation, type) else None
 
 
+class LazyChoices:
+    """Choices computed on first use: a registry's names (``reldrop.occlusion`` and the like
+    import torch), so that building a parser and ``--help`` stay fast; a given value is checked
+    against them when the flag is parsed."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        self._cached: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._cached is None:
+            self._cached = list(self._names())
+        return self._cached
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._list()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of dataclass ``cls`` that has a ``FieldOption``, grouped by section."""
+    """Add one flag per field of dataclass ``cls`` that has a ``FieldOption``, grouped by
+    section: default, type and choices from the field; a field without a default is a required
+    flag; a registry's names are checked when given (:class:`LazyChoices`), not listed."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in fields(cls):
@@ -36,13 +63,20 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         group = groups.get(opt.section) or parser.add_argument_group(opt.section)
         groups[opt.section] = group
         names = [f"--{opt.flag or f.name.replace('_', '-')}", *(f"--{a}" for a in opt.aliases)]
-        default = f.default if f.default is not MISSING else None
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if f.default is MISSING else f.default
         kind = _scalar_type(hints[f.name])
         if kind is bool:
             group.add_argument(*names, dest=f.name, default=default, help=opt.help,
                                action=argparse.BooleanOptionalAction)
             continue
-        choices = list(opt.choices()) if opt.choices else None
+        choices: Any = None
+        metavar: str | None = f.name.upper()
+        text = opt.help
+        if opt.choices is not None and opt.registry:
+            choices, text = LazyChoices(opt.choices), f"{text} (a registered name; a wrong one lists them)"
+        elif opt.choices is not None:
+            choices, metavar = list(opt.choices()), None
         convert: Any = opt.parse or kind
-        group.add_argument(*names, dest=f.name, default=default, help=opt.help, choices=choices,
-                           type=convert, metavar=None if choices else f.name.upper())
+        group.add_argument(*names, dest=f.name, default=default, help=text, choices=choices,
+                           type=convert, metavar=metavar, required=required)

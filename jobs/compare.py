@@ -1,5 +1,7 @@
-"""``reldrop compare``: train every method (augmentations sync and async, trainer-side
-regularizers) over the same seeds on DecoyMNIST, evaluate each final checkpoint and write
+"""``reldrop compare``: every method over the same seeds, a hyperparameter search, or the staleness study.
+
+Trains every method (augmentations sync and async, trainer-side
+regularizers) over the same seeds on DecoyMNIST, evaluates each final checkpoint and writes
 ``OUT/compare.json``, the mean ± std table ``OUT/compare.md`` and the bar plot ``OUT/compare.png``.
 
 The defaults are a small comparison for a 2-CPU machine: 24 trainings of 1-2 minutes each.

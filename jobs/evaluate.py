@@ -1,5 +1,7 @@
-"""``reldrop evaluate``: accuracy, occlusion curves, feature utilisation and calibration of a
-checkpoint, in and out of distribution, written to ``OUT/evaluation.json`` with PNG plots.
+"""``reldrop evaluate``: accuracy, occlusion robustness and calibration of a checkpoint.
+
+Accuracy, occlusion curves, feature utilisation and calibration, in and out of distribution,
+written to ``OUT/evaluation.json`` with PNG plots.
 
 Data are shard URLs ``ROOT#split``; a plain ``ROOT`` means split ``test``.
 """

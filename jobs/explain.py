@@ -1,5 +1,7 @@
-"""``reldrop explain``: relevance from a frozen checkpoint, written once as column shards that
-``reldrop train --mode precomputed --precomputed URL`` reuses every epoch."""
+"""``reldrop explain``: relevance from a frozen checkpoint, written once as column shards.
+
+``reldrop train --mode precomputed --precomputed URL`` reuses them every epoch.
+"""
 
 from __future__ import annotations
 

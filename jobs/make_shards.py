@@ -1,4 +1,6 @@
-"""``reldrop make-shards``: write a dataset as WebDataset tar shards plus ``manifest.parquet``.
+"""``reldrop make-shards``: write a dataset as WebDataset tar shards plus a manifest.
+
+The shards are ``{split}-NNNNNN.tar`` plus ``manifest.parquet`` (sizes, sha256, counts).
 
 Datasets: decoy-mnist, mnist, digits, points, npz:PATH, folder:PATH. ``--out`` is any fsspec
 URL (local path, file://, memory://, s3:// (s3fs ships with reldrop), gs:// with the gcs extra).

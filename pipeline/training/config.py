@@ -11,17 +11,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reldrop.composites import COMPOSITES
-from reldrop.occlusion import STRATEGIES, OcclusionConfig
 from reldrop.pipeline.data.codecs import DecodeOptions
 from reldrop.pipeline.data.errors import ON_ERROR
 from reldrop.pipeline.explanation.plan import StagePlan
-from reldrop.regularizers import REGULARIZERS
+from reldrop.pipeline.fields import FieldOption, option, registry_names
+
+if TYPE_CHECKING:
+    from reldrop.occlusion import OcclusionConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "explainer_count",
     "option",
+    "registry_names",
 ]
 
 MODES = ("async", "sync", "precomputed")
@@ -42,26 +43,10 @@ DEFAULT_DATA_DIR = Path(os.environ.get("RELDROP_CACHE", Path.home() / ".cache" /
 SECTIONS = ("data", "method", "optimisation", "trainer", "explainer", "staleness", "run")
 
 
-@dataclass(frozen=True)
-class FieldOption:
-    """Command-line metadata of one config field."""
-
-    section: str
-    help: str
-    flag: str | None = None  # default: --field-name
-    aliases: tuple[str, ...] = ()  # older or synonymous spellings (config keys too)
-    choices: Callable[[], Sequence[str]] | None = None  # evaluated lazily: registries fill late
-    parse: Callable[[str], Any] | None = None  # string -> value for custom types
-    cli: bool = True  # False: settable from Python only
-
-    def __post_init__(self) -> None:
-        if self.section not in SECTIONS:
-            raise ValueError(f"section={self.section!r}; expected one of {SECTIONS}")
-
-
-def option(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
-    """A dataclass field with its :class:`FieldOption` in ``metadata["option"]``."""
-    return field(default=default, metadata={"option": FieldOption(section, help, **kw)})
+def _check_section(opt: FieldOption) -> FieldOption:
+    if opt.section not in SECTIONS:
+        raise ValueError(f"section={opt.section!r}; expected one of {SECTIONS}")
+    return opt
 
 
 def explainer_count(text: str) -> int | str:
@@ -107,16 +92,19 @@ class TrainConfig:
     model: str = option("small-cnn", "method",
                         "model: a built-in name, package.module:factory, or torchvision:NAME")
     augment: str = option("reldrop-pixel", "method", "occlusion strategy",
-                          aliases=("strategy",), choices=lambda: sorted(STRATEGIES))
+                          aliases=("strategy",), registry=True,
+                          choices=registry_names("reldrop.occlusion", "STRATEGIES"))
     mode: str = option("async", "method",
                        "async: explainer stage; sync: LRP in the training loop; precomputed",
                        choices=lambda: MODES)
     regularizer: str = option("none", "method", "trainer-side explanation-guided loss",
-                              choices=lambda: sorted(REGULARIZERS))
+                              registry=True,
+                              choices=registry_names("reldrop.regularizers", "REGULARIZERS"))
     reg_lambda: float | None = option(None, "method", "regularizer weight (default: its own)",
                                       flag="lambda", aliases=("reg-lambda",))
     composite: str = option("reference", "method", "LRP composite",
-                            choices=lambda: sorted(COMPOSITES))
+                            registry=True,
+                            choices=registry_names("reldrop.composites", "COMPOSITES"))
     apply_prob: float | None = option(
         None, "method", "probability that a sample (or batch) is occluded (default: the "
         "strategy's own: 0.5, points 1.0)", flag="p", aliases=("apply-prob",))
@@ -207,6 +195,8 @@ class TrainConfig:
                              image_size=self.image_size)
 
     def occlusion(self) -> OcclusionConfig:
+        from reldrop.occlusion import OcclusionConfig  # noqa: PLC0415 (torch)
+
         return OcclusionConfig(strategy=self.augment, p=self.apply_prob, coin=self.coin,
                                fill=self.fill)
 
@@ -227,6 +217,8 @@ class TrainConfig:
     @property
     def needs_explainer(self) -> bool:
         """Whether the pipeline runs model-replica explainer actors (async RelDrop)."""
+        from reldrop.occlusion import STRATEGIES  # noqa: PLC0415 (torch)
+
         return self.mode == "async" and STRATEGIES[self.augment].needs_relevance
 
     @property
@@ -273,6 +265,11 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+for _field in fields(TrainConfig):  # every flag in a known help section
+    if "option" in _field.metadata:
+        _check_section(_field.metadata["option"])
 
 
 def _check_choices(cfg: TrainConfig) -> None:
