@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=200,
                    help="in-distribution samples for the occlusion curve and mask share")
     p.add_argument("--data", default=None,
-                   help="DecoyMNIST shard root with splits train, test-id, test "
-                   "(default: the demo data in the cache dir)")
+                   help="dataset ROOT (or ROOT#split: the studies use every split of ROOT) with "
+                   "splits train, test-id, test (default: the demo data in the cache dir)")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once (Ray tasks)")
     p.add_argument("--address", default=None, help="Ray address to join (default: start local Ray)")
@@ -157,17 +157,17 @@ def _with_options(parser: argparse.ArgumentParser, grids: dict[str, list[dict]],
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-
-    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
-    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
-
     parser = build_parser()
     args = parse_with_config(parser, argv)
+    _data_root(args)
     # the README records the command that made a table: this job's own arguments, not the
     # process's (under pytest or a notebook sys.argv is something else)
     args.command = shlex.join(["reldrop", "compare", *(sys.argv[1:] if argv is None else argv)])
     if args.staleness:
         return _staleness_args(parser, args)
+    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415 (torch: after --help)
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
+
     known = GRIDS if args.search != "off" else METHODS
     if args.methods is None:
         args.methods = list(known)
@@ -187,6 +187,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if value < 1:
             parser.error(f"{flag} {value}; expected an integer >= 1")
     return args
+
+
+def _data_root(args: argparse.Namespace) -> None:
+    """``--data`` as ``train`` takes it: ``ROOT`` or ``ROOT#split``; the studies read several
+    splits of ROOT, so a ``#split`` names the dataset and is dropped (with a note)."""
+    if args.data and "#" in args.data:
+        root, _, split = args.data.rpartition("#")
+        print(f"reldrop compare: --data {args.data}: using every split of {root} "
+              f"(#{split} ignored)", file=sys.stderr)
+        args.data = root
 
 
 def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
