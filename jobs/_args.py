@@ -19,19 +19,19 @@ import argparse
 import copy
 import math
 import tomllib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
 
-from reldrop.jobs._flags import LazyChoices
 from reldrop.pipeline.data.storage import parse_storage_options
 
 __all__ = [
     "MAX_CONFIG_BYTES",
     "CheckedNumber",
+    "LazyChoices",
     "finite_float",
     "finite_nonneg_float",
     "load_config_file",
@@ -92,6 +92,30 @@ nonneg_int = CheckedNumber(int, 0)
 finite_float = CheckedNumber(float)
 finite_nonneg_float = CheckedNumber(float, 0)
 positive_float = CheckedNumber(float, 0, strict=True)
+
+
+class LazyChoices:
+    """Choices computed on first use: a registry's names (``reldrop.occlusion`` and the like
+    import torch), so that building a parser and ``--help`` stay fast; a given value is checked
+    against them when the flag is parsed."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        self._cached: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._cached is None:
+            self._cached = list(self._names())
+        return self._cached
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._list()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
 
-__all__ = ["LazyChoices", "add_config_flags"]
+from reldrop.jobs._args import CheckedNumber, LazyChoices
+
+__all__ = ["add_config_flags"]
 
 
 def _scalar_type(annotation: Any) -> type | None:
@@ -24,30 +25,6 @@ def _scalar_type(annotation: Any) -> type | None:
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         return args[0] if len(args) == 1 else None
     return annotation if isinstance(annotation, type) else None
-
-
-class LazyChoices:
-    """Choices computed on first use: a registry's names (``reldrop.occlusion`` and the like
-    import torch), so that building a parser and ``--help`` stay fast; a given value is checked
-    against them when the flag is parsed."""
-
-    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
-        self._names = names
-        self._cached: list[str] | None = None
-
-    def _list(self) -> list[str]:
-        if self._cached is None:
-            self._cached = list(self._names())
-        return self._cached
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._list()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._list())
-
-    def __len__(self) -> int:
-        return len(self._list())
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -77,6 +54,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             choices, text = LazyChoices(opt.choices), f"{text} (a registered name; a wrong one lists them)"
         elif opt.choices is not None:
             choices, metavar = list(opt.choices()), None
-        convert: Any = opt.parse or kind
+        convert: Any = opt.parse or (None if kind is str else kind)  # argparse keeps strings
+        if opt.minimum is not None and kind in (int, float):
+            convert = CheckedNumber(kind, opt.minimum)
         group.add_argument(*names, dest=f.name, default=default, help=text, choices=choices,
                            type=convert, metavar=metavar, required=required)

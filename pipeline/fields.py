@@ -27,6 +27,7 @@ class FieldOption:
     choices: Callable[[], Sequence[str]] | None = None  # evaluated lazily: registries fill late
     registry: bool = False  # choices are a registry's names: listing them imports torch
     parse: Callable[[str], Any] | None = None  # string -> value for custom types
+    minimum: float | None = None  # numbers: checked when parsed (flag or config file)
     cli: bool = True  # False: settable from Python only
 
 

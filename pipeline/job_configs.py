@@ -56,12 +56,12 @@ class MakeShardsConfig:
     dataset: str = option(MISSING, "data", "dataset to build: " + ", ".join(DATASET_NAMES))
     out: str = option(MISSING, "data", "dataset root URL (a folder: local path, file://, "
                       "memory://, s3://, gs://)")
-    shard_size: int = option(1000, "data", "samples per shard")
-    seed: int = option(0, "data", "seed of the split and of synthetic data")
-    limit: int | None = option(None, "data", "use at most N source samples")
+    shard_size: int = option(1000, "data", "samples per shard", minimum=1)
+    seed: int = option(0, "data", "seed of the split and of synthetic data", minimum=0)
+    limit: int | None = option(None, "data", "use at most N source samples", minimum=1)
     image_size: int | None = option(None, "data", "square image side (pad or resize; default: "
-                                    "the source's)")
-    num_points: int = option(256, "data", "points per cloud (points)")
+                                    "the source's)", minimum=1)
+    num_points: int = option(256, "data", "points per cloud (points)", minimum=1)
     overwrite: bool = option(False, "run", "replace an existing dataset (only after the new one "
                              "is complete)")
     progress: bool = option(True, "run", "progress bars (shown only on a terminal)")
@@ -80,7 +80,7 @@ class ExplainConfig:
     data: str = option(MISSING, "data", "dataset ROOT or ROOT#split (default split train)")
     out: str | None = option(None, "data", "root URL for the column shards (default: ROOT)")
     composite: str = _composite()
-    batch_size: int = option(64, "method", "samples per LRP batch")
+    batch_size: int = option(64, "method", "samples per LRP batch", minimum=1)
     on_error: str = _on_error()
 
     def __post_init__(self) -> None:
@@ -102,12 +102,12 @@ class EvaluateConfig:
     label_key: str | None = option(None, "data", "label member: cls, json or json:FIELD "
                                    "(default: cls, else json)")
     image_size: int | None = option(None, "data", "resize the shorter side to N and crop the "
-                                    "centre N x N (default: keep the size)")
-    limit: int | None = option(None, "data", "use at most N samples per data set")
+                                    "centre N x N (default: keep the size)", minimum=1)
+    limit: int | None = option(None, "data", "use at most N samples per data set", minimum=1)
     on_error: str = _on_error()
     composite: str = _composite()
-    batch_size: int = option(128, "method", "samples per batch")
-    seed: int = option(0, "method", "seed of the random occlusion order")
+    batch_size: int = option(128, "method", "samples per batch", minimum=1)
+    seed: int = option(0, "method", "seed of the random occlusion order", minimum=0)
     device: str = option("cpu", "run", "torch device, e.g. cpu or cuda")
     out: str = option("runs/evaluate", "run", "output directory")
     plots: bool = option(True, "run", "write PNG plots beside evaluation.json")
