@@ -11,7 +11,8 @@ enough for it.
 ``--search quick|full`` instead searches each method's hyperparameters in this process (no
 Ray, the in-loop way): per method a grid (log-scale weights, RelDrop p/alpha/beta) x seeds, the
 winner chosen on the in-distribution ``val`` split only, written to ``OUT/search.json`` and
-``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test, e.g.
+``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test-ood (or the
+older names), e.g.
 ``reldrop make-shards --dataset viviano-synthetic --out data/viviano``.
 
 ``--staleness`` runs the staleness study in this process: the baseline, in-loop RelDrop and
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-distribution samples for the occlusion curve and mask share")
     p.add_argument("--data", default=None,
                    help="dataset ROOT (or ROOT#split: the studies use every split of ROOT) with "
-                   "splits train, test-id, test (default: the demo data in the cache dir)")
+                   "splits train, test-id, test-ood (default: the demo data in the cache dir)")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once (Ray tasks)")
     p.add_argument("--address", default=None, help="Ray address to join (default: start local Ray)")
@@ -175,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if wrong:
         parser.error(f"--methods {wrong} not known with --search {args.search}; expected {list(known)}")
     if args.search != "off" and not args.data:
-        parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
+        parser.error("--search needs --data ROOT (splits train, val, test-id, test-ood)")
     args.grid = _with_options(parser, _grids(parser, args.grid), args.options,
                               quick=args.search == "quick")
     if args.readme is not None and args.search == "off":
@@ -205,7 +206,7 @@ def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--staleness --methods {args.methods}: expected one of reldrop-pixel, "
                      "reldrop-block, reldrop-patch")
     if not args.data:
-        parser.error("--staleness needs --data ROOT (splits train, val, test)")
+        parser.error("--staleness needs --data ROOT (splits train, val, test-id, test-ood)")
     if args.search != "off":
         parser.error("--staleness and --search are separate studies; give one")
     if args.readme is not None and "#" not in args.readme:

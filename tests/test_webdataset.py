@@ -158,3 +158,16 @@ def test_read_shards_and_train_on_jpg_cls(ray_local, jpg_root: Path, tmp_path: P
     report = json.loads((out / "report.json").read_text())
     assert report["counts"]["seen"] == 24 and report["counts"]["skipped"] == 0
     assert report["epochs"][0]["test_accuracy"] is not None
+
+
+def test_split_names_of_both_namings() -> None:
+    """``test-id``/``test-ood`` name the same data in new datasets (test, test-ood) and in
+    datasets written before (test-id, test); a name a dataset has always means its own split."""
+    from reldrop.pipeline.data.plan import resolve_split
+
+    old, new = ("train", "test-id", "test"), ("train", "test", "test-ood")
+    assert resolve_split("test-ood", old, "r") == "test" and resolve_split("test-id", old, "r") == "test-id"
+    assert resolve_split("test-ood", new, "r") == "test-ood" and resolve_split("test-id", new, "r") == "test"
+    assert resolve_split("test", old, "r") == "test" and resolve_split("test", new, "r") == "test"
+    with pytest.raises(ValueError, match="split 'test-ood' not in 'r'"):
+        resolve_split("test-ood", ("train", "test"), "r")

@@ -45,7 +45,7 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
     root = str(DEFAULT_DATA_DIR / f"{DEMO_DATASET}-seed{seed}")
     ensure_dataset(DEMO_DATASET, root, seed=seed, progress=True)
-    return f"{root}#train", f"{root}#test-id", f"{root}#test"
+    return f"{root}#train", f"{root}#test-id", f"{root}#test-ood"
 
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
