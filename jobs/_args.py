@@ -166,7 +166,9 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage-options", type=parse_storage_options, default=None,
         help="JSON object of object-storage settings over the AWS environment's: endpoint_url, "
-        "region, anon, attempts, extra (per-protocol fsspec options); never credentials",
+        "region, anon, attempts, extra (per-protocol options), and fsspec's own storage "
+        "options as they are (client_kwargs, config_kwargs, requester_pays, ...); never "
+        "credentials",
     )
     return parser
 
