@@ -224,7 +224,8 @@ def _webdataset_plan(url: str, root: str, split: str, on_error: OnError,
     if not urls:
         raise ValueError(
             f"data URL {url!r} names no shards (no .tar files, nothing matched, or an empty "
-            "brace range) and there is no manifest.parquet at it"
+            "brace range) and there is no manifest.parquet at it; build a dataset there with "
+            "`reldrop make-shards --out ROOT` or give shard URLs"
         )
     exists = {u: resolve(u)[0].exists(resolve(u)[1]) for u in urls}
     good = [u for u in urls if exists[u]]
