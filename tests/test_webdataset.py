@@ -171,3 +171,20 @@ def test_split_names_of_both_namings() -> None:
     assert resolve_split("test", old, "r") == "test" and resolve_split("test", new, "r") == "test"
     with pytest.raises(ValueError, match="split 'test-ood' not in 'r'"):
         resolve_split("test-ood", ("train", "test"), "r")
+
+
+def test_evaluate_reads_jpg_shards_without_a_manifest(jpg_root: Path, tmp_path: Path) -> None:
+    """``reldrop evaluate`` reads the same standard shards through the same reader (in process)."""
+    from reldrop.checkpoint import ModelSpec, save_checkpoint
+    from reldrop.normalization import Normalization
+
+    spec = ModelSpec(name="small-cnn", in_channels=3, num_classes=4,
+                     normalization=Normalization(mean=(0.3,) * 3, std=(0.3,) * 3))
+    checkpoint = save_checkpoint(tmp_path / "model.safetensors", spec.build(), spec, {})
+    out = tmp_path / "eval"
+    assert cli(["evaluate", "--checkpoint", str(checkpoint), "--out", str(out), "--no-plots",
+                "--data", f"{jpg_root}/train-000000.tar", "--image-size", "12",
+                "--ood-test", f"{jpg_root}/train-000001.tar", "--batch-size", "6",
+                "--limit", "6"]) == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    assert [report["datasets"][k]["n"] for k in ("in_distribution", "out_of_distribution")] == [6, 6]
