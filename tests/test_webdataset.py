@@ -39,13 +39,13 @@ def _encoded(image: np.ndarray, fmt: str) -> bytes:
 
 def write_jpg_shards(folder: Path, *, shards: int = 2, per_shard: int = 12, prefix: str = "train",
                      fmt: str = "JPEG", ext: str = "jpg", label: str = "cls",
-                     bad: dict[int, dict] | None = None) -> list[int]:
+                     bad: dict[int, dict] | None = None, start: int = 0) -> list[int]:
     """``{prefix}-{i:06d}.tar`` with ``ext`` images and ``label`` labels, as other tools write
     them (plain TarWriter, its default encoder); returns the labels in order."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     labels = []
-    n = 0
+    n = start
     for s in range(shards):
         with wds.TarWriter(str(folder / f"{prefix}-{s:06d}.tar")) as sink:
             for _ in range(per_shard):
@@ -150,13 +150,16 @@ def test_read_shards_and_train_on_jpg_cls(ray_local, jpg_root: Path, tmp_path: P
     assert len(rows) == 24 and rows[0]["image"].shape == (3, 12, 12)
     assert sorted(int(r["label"]) for r in rows) == sorted(i % 4 for i in range(24))
     assert not any(r["skipped"] for r in rows) and ds.context.target_max_block_size == context_before
+    # one more shard with a non-integer label: --on-error skip trains on the rest and counts it
+    write_jpg_shards(tmp_path / "more", shards=1, per_shard=4, start=100, bad={102: {"cls": b"cat"}})
     out = tmp_path / "run"
-    code = cli(["train", "--train", brace, "--test", f"{jpg_root}/train-000001.tar",
-                "--augment", "none", "--epochs", "1", "--batch-size", "8", "--num-classes", "4",
+    code = cli(["train", "--train", f"{brace}::{tmp_path}/more/train-000000.tar",
+                "--test", f"{jpg_root}/train-000001.tar", "--augment", "none", "--epochs", "1",
+                "--batch-size", "8", "--num-classes", "4", "--on-error", "skip",
                 "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["counts"]["seen"] == 24 and report["counts"]["skipped"] == 0
+    assert report["counts"]["skipped"] == 1 and report["counts"]["seen"] in (27, 28)
     assert report["epochs"][0]["test_accuracy"] is not None
 
 
