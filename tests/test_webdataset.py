@@ -191,3 +191,10 @@ def test_evaluate_reads_jpg_shards_without_a_manifest(jpg_root: Path, tmp_path: 
                 "--limit", "6"]) == 0
     report = json.loads((out / "evaluation.json").read_text())
     assert [report["datasets"][k]["n"] for k in ("in_distribution", "out_of_distribution")] == [6, 6]
+
+
+def test_folder_split_is_strict_when_named(tmp_path: Path) -> None:
+    write_jpg_shards(tmp_path, shards=1, per_shard=2, prefix="train")
+    assert expand_urls(str(tmp_path), "test") == [f"{tmp_path}/train-000000.tar"]  # the default
+    with pytest.raises(ValueError, match="names no shards"):
+        plan_split(f"{tmp_path}#test", "train", on_error="raise")  # asked for: none there

@@ -40,6 +40,7 @@ __all__ = [
     "decode_row",
     "decode_sample",
     "decode_samples",
+    "read_label",
     "encode_sample",
     "validate_key",
 ]
@@ -269,6 +270,14 @@ def _label(entries: Mapping[str, Any], keys: tuple[str, ...], url: str, key: str
         bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
         raise SampleError(url, key, f"label {label} is outside the classes {bound}")
     return label
+
+
+def read_label(raw: Mapping[str, Any], options: DecodeOptions, *, url: str, key: str,
+               num_classes: int | None = None) -> int:
+    """A sample's label from its members (no image is decoded); :class:`SampleError` if it
+    has none or it is not an integer in range."""
+    entries = {k.lstrip(".").lower(): v for k, v in raw.items() if not k.startswith("__")}
+    return _label(entries, options.label_keys, url, key, num_classes)
 
 
 def _parse(raw: Mapping[str, Any], url: str, key: str, num_classes: int | None,

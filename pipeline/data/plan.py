@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reldrop.pipeline.data.codecs import DecodeOptions, SampleError, decode_samples
+from reldrop.pipeline.data.codecs import DecodeOptions, SampleError, decode_samples, read_label
 from reldrop.pipeline.data.columns import ColumnJoin
 from reldrop.pipeline.data.errors import OnError, ShardError, check_on_error
 from reldrop.pipeline.data.fs import resolve
@@ -191,9 +191,10 @@ def _protocol_prefix(url: str) -> str:
     return url.split("://", 1)[0] + "://" if "://" in url else ""
 
 
-def expand_urls(spec: str, split: str | None = None) -> list[str]:
+def expand_urls(spec: str, split: str | None = None, *, strict: bool = False) -> list[str]:
     """The shard URLs a webdataset URL names: ``::``-joined lists, brace ranges, globs, or a
-    folder's ``.tar`` files (its ``{split}-*.tar`` when ``split`` is given and present)."""
+    folder's ``.tar`` files: its ``{split}-*.tar`` where there are any, else all of them
+    (``strict``: only those, as for an explicit ``ROOT#split``)."""
     import braceexpand  # noqa: PLC0415 (a webdataset dependency)
 
     urls: list[str] = []
@@ -212,15 +213,15 @@ def expand_urls(spec: str, split: str | None = None) -> list[str]:
                     names = []
                 own = [p for p in names if split and p.rsplit("/", 1)[-1].startswith(f"{split}-")]
                 prefix = _protocol_prefix(url)
-                urls += [prefix + p if prefix and not p.startswith(prefix) else p
-                         for p in (own or names)]
+                chosen = own if own or strict else names
+                urls += [prefix + p if prefix and not p.startswith(prefix) else p for p in chosen]
     return urls
 
 
 def _webdataset_plan(url: str, root: str, split: str, on_error: OnError,
                      decode: DecodeOptions, num_classes: int | None) -> DataPlan:
     spec = root
-    urls = expand_urls(spec, split)
+    urls = expand_urls(spec, split, strict="#" in url)
     if not urls:
         raise ValueError(
             f"data URL {url!r} names no shards (no .tar files, nothing matched, or an empty "
@@ -262,9 +263,12 @@ def _derive_schema(first_url: str, spec: str, decode: DecodeOptions, num_classes
     name = "points" if "points" in first else "image"
     array = np.asarray(first[name])
     if num_classes is None:
-        labels = [r["label"] for r in decode_samples(samples, url=first_url, num_classes=None,
-                                                     options=decode)
-                  if not isinstance(r, SampleError)]
+        labels = []
+        for key, entries in samples:  # labels only: no image is decoded for this
+            try:
+                labels.append(read_label(entries, decode, url=first_url, key=key))
+            except SampleError:
+                continue
         num_classes = max(labels) + 1
         log.warning("no manifest and no num_classes for %r: %d classes, from the largest label "
                     "in %s; give num_classes (--num-classes) if other shards have more",
