@@ -13,7 +13,7 @@ import argparse
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from reldrop.pipeline.data.codecs import DecodeOptions
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.errors import ON_ERROR, check_on_error
 from reldrop.pipeline.fields import option, registry_names
 

@@ -14,7 +14,8 @@ import webdataset as wds
 from PIL import Image
 
 from reldrop.jobs.cli import main as cli
-from reldrop.pipeline.data.codecs import DecodeOptions, SampleError
+from reldrop.pipeline.data.codecs import SampleError
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.errors import ShardError, SkipReport
 from reldrop.pipeline.data.plan import expand_urls, plan_split
 from reldrop.pipeline.data.read import iter_samples

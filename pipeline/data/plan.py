@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from reldrop.pipeline.data.codecs import DecodeOptions, SampleError, decode_samples, read_label
+from reldrop.pipeline.data.codecs import SampleError
 from reldrop.pipeline.data.columns import ColumnJoin
+from reldrop.pipeline.data.decode import DecodeOptions, decode_samples, read_label
 from reldrop.pipeline.data.errors import OnError, ShardError, check_on_error
 from reldrop.pipeline.data.fs import resolve
 from reldrop.pipeline.data.manifest import (

@@ -6,7 +6,7 @@ never reach ``tarfile`` nor the trainer. The tar is then checked member by membe
 names without ``..``, regular files only, each key once, nothing but zero padding after the end
 of the archive, as many samples as the manifest says) and decoded a block at a time into
 stacked numpy arrays: one ``uint8 (n, C, H, W)`` image array per block instead of one Python
-dict per row (:func:`reldrop.pipeline.data.codecs.decode_samples`). Members are grouped into
+dict per row (:func:`reldrop.pipeline.data.decode.decode_samples`). Members are grouped into
 samples as webdataset does: the key is the name up to the first ``.`` of its last path part.
 
 Every consumer reads through here: Ray Data (:func:`reldrop.pipeline.data.stream.read_split`
@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from reldrop.pipeline.data.codecs import DecodeOptions, SampleError, decode_samples
+from reldrop.pipeline.data.codecs import SampleError
+from reldrop.pipeline.data.decode import DecodeOptions, decode_samples
 from reldrop.pipeline.data.errors import OnError, ShardError, SkipReport, check_on_error
 from reldrop.pipeline.data.fs import StorageError, resolve, retrying
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo

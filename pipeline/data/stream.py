@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from reldrop.pipeline.data.blocks import cut_blocks
-from reldrop.pipeline.data.codecs import DecodeOptions
 from reldrop.pipeline.data.columns import ColumnJoin
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.errors import OnError, check_on_error
 from reldrop.pipeline.data.plan import (
     DataPlan,

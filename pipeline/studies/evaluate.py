@@ -21,7 +21,7 @@ from torch import nn
 
 from reldrop.checkpoint import ModelSpec, load_checkpoint
 from reldrop.evaluation import FRACTIONS, EvaluationResult, evaluate
-from reldrop.pipeline.data.codecs import DecodeOptions
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.errors import OnError
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from reldrop.pipeline.training.report import json_safe

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reldrop.pipeline.data.codecs import DecodeOptions
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.errors import ON_ERROR
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.pipeline.fields import FieldOption, option, registry_names
