@@ -16,9 +16,10 @@ which reject ``0``, ``-1``, ``inf`` and ``nan`` where they make no sense, before
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import tomllib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,6 +31,7 @@ from reldrop.pipeline.data.storage import parse_storage_options
 __all__ = [
     "MAX_CONFIG_BYTES",
     "CheckedNumber",
+    "LazyChoices",
     "finite_float",
     "finite_nonneg_float",
     "load_config_file",
@@ -92,6 +94,49 @@ finite_nonneg_float = CheckedNumber(float, 0)
 positive_float = CheckedNumber(float, 0, strict=True)
 
 
+class LazyChoices:
+    """Choices computed on first use: a registry's names (``reldrop.occlusion`` and the like
+    import torch), so that building a parser and ``--help`` stay fast; a given value is checked
+    against them when the flag is parsed."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        self._cached: list[str] | None = None
+
+    def _list(self) -> list[str]:
+        if self._cached is None:
+            self._cached = list(self._names())
+        return self._cached
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._list()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default once: appended only where the help does not already speak of its
+    default, never for required flags or an unset (``None``) default."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        if isinstance(action.choices, LazyChoices):  # listing them would import torch
+            action = copy.copy(action)
+            action.choices = None
+        return super()._expand_help(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or "default" in text.lower() or action.default is None
+                or action.default is argparse.SUPPRESS or action.default is False
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class _JobParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line: ``PROG: problem; see PROG --help``."""
 
@@ -104,7 +149,7 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = _JobParser(
         prog=prog,
         description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -121,7 +166,9 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--storage-options", type=parse_storage_options, default=None,
         help="JSON object of object-storage settings over the AWS environment's: endpoint_url, "
-        "region, anon, attempts, extra (per-protocol fsspec options); never credentials",
+        "region, anon, attempts, extra (per-protocol options), and fsspec's own storage "
+        "options as they are (client_kwargs, config_kwargs, requester_pays, ...); never "
+        "credentials",
     )
     return parser
 

@@ -15,7 +15,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-__all__ = ["COMMANDS", "USER_ERRORS", "main", "run", "user_error_line"]
+__all__ = ["COMMANDS", "USER_ERRORS", "main", "run", "summary", "usage", "user_error_line",
+           "version"]
 
 #: command name -> module under ``jobs`` (each has ``parse_args(argv)`` and ``main(args)``)
 COMMANDS: dict[str, str] = {
@@ -135,13 +136,49 @@ def _run(command: str, argv: list[str], *, own_process: bool) -> int:
         return 2
 
 
+def summary(command: str) -> str:
+    """The one-line summary of ``command``: its module docstring's first line."""
+    module = importlib.import_module(f"reldrop.jobs.{COMMANDS[command]}")
+    first = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+    first = first.split(": ", 1)[1] if first.startswith("``reldrop") else first
+    first = first.replace("``", "").rstrip(".")
+    return first[:1].upper() + first[1:]
+
+
+def usage() -> str:
+    """``reldrop --help``: the commands with their one-line summaries."""
+    width = max(len(c) for c in COMMANDS)
+    lines = [
+        "usage: reldrop COMMAND [flags]      (reldrop COMMAND --help for its flags)",
+        "       reldrop --version",
+        "",
+        "RelDrop (relevance-driven input dropout) as a Ray data-pipeline stage.",
+        "",
+        "commands:",
+        *(f"  {c:<{width}}  {summary(c)}" for c in COMMANDS),
+        "",
+        "Every command takes --config FILE (YAML or TOML, keys = flag names), --storage-options "
+        "JSON and --debug.",
+    ]
+    return "\n".join(lines)
+
+
+def version() -> str:
+    import reldrop  # noqa: PLC0415
+
+    return f"reldrop {reldrop.__version__}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``reldrop COMMAND [flags]``; ``argv`` None reads ``sys.argv`` (the console script)."""
     argv_given = argv is not None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: reldrop {" + ",".join(COMMANDS) + "} [flags]   (reldrop COMMAND --help)")
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(version())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"reldrop: unknown command {command!r}; known: {sorted(COMMANDS)}", file=sys.stderr)

@@ -1,5 +1,7 @@
-"""``reldrop compare``: train every method (augmentations sync and async, trainer-side
-regularizers) over the same seeds on DecoyMNIST, evaluate each final checkpoint and write
+"""``reldrop compare``: every method over the same seeds, a hyperparameter search, or the staleness study.
+
+Trains every method (augmentations sync and async, trainer-side
+regularizers) over the same seeds on DecoyMNIST, evaluates each final checkpoint and writes
 ``OUT/compare.json``, the mean ± std table ``OUT/compare.md`` and the bar plot ``OUT/compare.png``.
 
 The defaults are a small comparison for a 2-CPU machine: 24 trainings of 1-2 minutes each.
@@ -9,7 +11,8 @@ enough for it.
 ``--search quick|full`` instead searches each method's hyperparameters in this process (no
 Ray, the in-loop way): per method a grid (log-scale weights, RelDrop p/alpha/beta) x seeds, the
 winner chosen on the in-distribution ``val`` split only, written to ``OUT/search.json`` and
-``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test, e.g.
+``OUT/search.md``. It needs ``--data`` with splits train, val, test-id, test-ood (or the
+older names), e.g.
 ``reldrop make-shards --dataset viviano-synthetic --out data/viviano``.
 
 ``--staleness`` runs the staleness study in this process: the baseline, in-loop RelDrop and
@@ -58,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=200,
                    help="in-distribution samples for the occlusion curve and mask share")
     p.add_argument("--data", default=None,
-                   help="DecoyMNIST shard root with splits train, test-id, test "
-                   "(default: the demo data in the cache dir)")
+                   help="dataset ROOT (or ROOT#split: the studies use every split of ROOT) with "
+                   "splits train, test-id, test-ood (default: the demo data in the cache dir)")
     p.add_argument("--out", default="runs/compare", help="output directory")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once (Ray tasks)")
     p.add_argument("--address", default=None, help="Ray address to join (default: start local Ray)")
@@ -155,17 +158,17 @@ def _with_options(parser: argparse.ArgumentParser, grids: dict[str, list[dict]],
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-
-    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415
-    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
-
     parser = build_parser()
     args = parse_with_config(parser, argv)
+    _data_root(args)
     # the README records the command that made a table: this job's own arguments, not the
     # process's (under pytest or a notebook sys.argv is something else)
     args.command = shlex.join(["reldrop", "compare", *(sys.argv[1:] if argv is None else argv)])
     if args.staleness:
         return _staleness_args(parser, args)
+    from reldrop.pipeline.studies.compare import METHODS  # noqa: PLC0415 (torch: after --help)
+    from reldrop.pipeline.studies.search import GRIDS  # noqa: PLC0415
+
     known = GRIDS if args.search != "off" else METHODS
     if args.methods is None:
         args.methods = list(known)
@@ -173,7 +176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if wrong:
         parser.error(f"--methods {wrong} not known with --search {args.search}; expected {list(known)}")
     if args.search != "off" and not args.data:
-        parser.error("--search needs --data ROOT (splits train, val, test-id, test)")
+        parser.error("--search needs --data ROOT (splits train, val, test-id, test-ood)")
     args.grid = _with_options(parser, _grids(parser, args.grid), args.options,
                               quick=args.search == "quick")
     if args.readme is not None and args.search == "off":
@@ -187,13 +190,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _data_root(args: argparse.Namespace) -> None:
+    """``--data`` as ``train`` takes it: ``ROOT`` or ``ROOT#split``; the studies read several
+    splits of ROOT, so a ``#split`` names the dataset and is dropped (with a note)."""
+    if args.data and "#" in args.data:
+        root, _, split = args.data.rpartition("#")
+        print(f"reldrop compare: --data {args.data}: using every split of {root} "
+              f"(#{split} ignored)", file=sys.stderr)
+        args.data = root
+
+
 def _staleness_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     args.methods = args.methods or ["reldrop-pixel"]
     if len(args.methods) != 1 or not args.methods[0].startswith("reldrop-"):
         parser.error(f"--staleness --methods {args.methods}: expected one of reldrop-pixel, "
                      "reldrop-block, reldrop-patch")
     if not args.data:
-        parser.error("--staleness needs --data ROOT (splits train, val, test)")
+        parser.error("--staleness needs --data ROOT (splits train, val, test-id, test-ood)")
     if args.search != "off":
         parser.error("--staleness and --search are separate studies; give one")
     if args.readme is not None and "#" not in args.readme:

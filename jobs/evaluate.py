@@ -1,7 +1,9 @@
-"""``reldrop evaluate``: accuracy, occlusion curves, feature utilisation and calibration of a
-checkpoint, in and out of distribution, written to ``OUT/evaluation.json`` with PNG plots.
+"""``reldrop evaluate``: accuracy, occlusion robustness and calibration of a checkpoint.
 
-Data are shard URLs ``ROOT#split``; a plain ``ROOT`` means split ``test``.
+Accuracy, occlusion curves, feature utilisation and calibration, in and out of distribution,
+written to ``OUT/evaluation.json`` with PNG plots. Data are a dataset ``ROOT[#split]`` (a
+plain ``ROOT`` means split ``test``) or WebDataset shard URLs; the flags come from
+:class:`reldrop.pipeline.job_configs.EvaluateConfig`.
 """
 
 from __future__ import annotations
@@ -9,28 +11,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._flags import add_config_flags
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("reldrop evaluate", __doc__ or "")
-    p.add_argument("--checkpoint", required=True, help="safetensors checkpoint")
-    p.add_argument("--data", required=True, help="in-distribution shards ROOT[#split]")
-    p.add_argument("--ood-data", default=None, help="out-of-distribution shards ROOT[#split]")
-    p.add_argument("--out", default="runs/evaluate", help="output directory")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--composite", default="reference", help="LRP composite name")
-    p.add_argument(
-        "--limit", type=positive_int, default=None, help="use at most N samples per data set"
-    )
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random occlusion order")
-    p.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="bad sample policy")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--no-plots", action="store_true", help="write evaluation.json only")
-    return p
+    from reldrop.pipeline.job_configs import EvaluateConfig  # noqa: PLC0415
+
+    parser = new_parser("reldrop evaluate", __doc__ or "")
+    add_config_flags(parser, EvaluateConfig)
+    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,21 +31,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
+    from reldrop.pipeline.job_configs import EvaluateConfig, from_namespace  # noqa: PLC0415
     from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
 
     configure_storage(args.storage_options)
+    cfg = from_namespace(EvaluateConfig, args)
     report = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        args.ood_data,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        composite=args.composite,
-        limit=args.limit,
-        seed=args.seed,
-        on_error=args.on_error,
-        device=args.device,
-        plots=not args.no_plots,
+        cfg.checkpoint, cfg.data, cfg.ood_test, out_dir=cfg.out, batch_size=cfg.batch_size,
+        composite=cfg.composite, limit=cfg.limit, seed=cfg.seed,
+        on_error=cfg.on_error,  # type: ignore[arg-type]
+        device=cfg.device, plots=cfg.plots, decode=cfg.decode_options(),
     )
     for name, metrics in report["datasets"].items():
         occ = metrics["occlusion"]
@@ -60,7 +48,7 @@ def main(args: argparse.Namespace) -> int:
             f"{name}: n={metrics['n']} accuracy={metrics['accuracy']:.4f} "
             f"occlusion AUC relevance={occ['relevance_auc']:.4f} random={occ['random_auc']:.4f}"
         )
-    print(f"wrote {args.out}/evaluation.json")
+    print(f"wrote {cfg.out}/evaluation.json")
     return 0
 
 

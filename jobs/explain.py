@@ -1,5 +1,8 @@
-"""``reldrop explain``: relevance from a frozen checkpoint, written once as column shards that
-``reldrop train --mode precomputed --precomputed URL`` reuses every epoch."""
+"""``reldrop explain``: relevance from a frozen checkpoint, written once as column shards.
+
+``reldrop train --mode precomputed --precomputed URL`` reuses them every epoch. The flags come
+from :class:`reldrop.pipeline.job_configs.ExplainConfig`.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +10,19 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config, positive_int
+from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._flags import add_config_flags
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("reldrop explain", __doc__ or "")
-    p.add_argument("--checkpoint", required=True, help="model.safetensors written by reldrop train")
-    p.add_argument("--data", required=True, help="dataset ROOT or ROOT#split (default split train)")
-    p.add_argument("--out", default=None, help="root URL for the column shards (default: ROOT)")
-    p.add_argument("--composite", default="reference", help="LRP composite name")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--on-error", default="raise", choices=("raise", "skip"))
-    return p
+    from reldrop.pipeline.job_configs import ExplainConfig  # noqa: PLC0415
+
+    parser = new_parser("reldrop explain", __doc__ or "")
+    add_config_flags(parser, ExplainConfig)
+    return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -30,11 +31,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> int:
     from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
+    from reldrop.pipeline.job_configs import ExplainConfig, from_namespace  # noqa: PLC0415
 
     configure_storage(args.storage_options)
+    cfg = from_namespace(ExplainConfig, args)
     summary = explain_dataset(
-        args.checkpoint, args.data, out_url=args.out, composite=args.composite,
-        batch_size=args.batch_size, on_error=args.on_error,
+        cfg.checkpoint, cfg.data, out_url=cfg.out, composite=cfg.composite,
+        batch_size=cfg.batch_size, on_error=cfg.on_error,
     )
     print(json.dumps(summary, indent=2))
     return 0

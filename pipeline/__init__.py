@@ -1,8 +1,9 @@
 """The distributed side of reldrop: shards over fsspec, Ray Data explainer stage, weight store,
 Ray Train trainer.
 
-The public API is importable from here: the shallow hand-off for your own training loop
-(:class:`Handoff` over :func:`start_explainers` / :class:`RayTransport`, or
+The public API is importable from here: the reader :func:`read_shards` (``make-shards``
+datasets or standard WebDataset shards -> ``ray.data.Dataset``), the shallow hand-off for your
+own training loop (:class:`Handoff` over :func:`start_explainers` / :class:`RayTransport`, or
 :class:`LocalTransport` in one process), :func:`apply_drop` (the fill), and the older Ray Data
 stage (:func:`add_explainer_stage`, :class:`WeightPublisher`, :class:`StagePlan`: its staleness
 gate cannot go below about five steps). Everything else lives in the
@@ -25,6 +26,7 @@ __all__ = [
     "add_explainer_stage",
     "apply_drop",
     "explainers_of_rank",
+    "read_shards",
     "staleness",
     "start_explainers",
 ]
@@ -41,6 +43,7 @@ _WHERE = {
     "staleness": "reldrop.pipeline.explanation.publisher",
     "add_explainer_stage": "reldrop.pipeline.explanation.api",
     "apply_drop": "reldrop.pipeline.explanation.api",
+    "read_shards": "reldrop.pipeline.data.stream",
 }
 
 

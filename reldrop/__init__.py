@@ -6,15 +6,30 @@ distributed layers install as ``reldrop.pipeline`` (Ray, shards, streaming) and
 """
 
 
+from importlib import import_module as _import_module
 from pathlib import Path as _Path
+from typing import Any as _Any
 
-from reldrop.augment import AugmentStats, RelDrop
-from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from reldrop.composites import COMPOSITES, make_composite
-from reldrop.models import MODELS, build_model
-from reldrop.normalization import Normalization
-from reldrop.occlusion import STRATEGIES, Occluder, OcclusionConfig, OcclusionResult
-from reldrop.relevance import attribution, relevance
+#: public name -> the module that defines it; imported on first use, so that ``import reldrop``
+#: (and every ``reldrop <command> --help``) does not import torch and zennit
+_WHERE = {
+    "AugmentStats": "reldrop.augment",
+    "RelDrop": "reldrop.augment",
+    "ModelSpec": "reldrop.checkpoint",
+    "load_checkpoint": "reldrop.checkpoint",
+    "save_checkpoint": "reldrop.checkpoint",
+    "COMPOSITES": "reldrop.composites",
+    "make_composite": "reldrop.composites",
+    "MODELS": "reldrop.models",
+    "build_model": "reldrop.models",
+    "Normalization": "reldrop.normalization",
+    "STRATEGIES": "reldrop.occlusion",
+    "Occluder": "reldrop.occlusion",
+    "OcclusionConfig": "reldrop.occlusion",
+    "OcclusionResult": "reldrop.occlusion",
+    "attribution": "reldrop.relevance",
+    "relevance": "reldrop.relevance",
+}
 
 __all__ = [
     "COMPOSITES",
@@ -27,6 +42,7 @@ __all__ = [
     "OcclusionResult",
     "Occluder",
     "RelDrop",
+    "__version__",
     "attribution",
     "build_model",
     "load_checkpoint",
@@ -34,6 +50,29 @@ __all__ = [
     "relevance",
     "save_checkpoint",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    if name == "__version__":  # one source: the installed distribution's metadata
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            return version("reldrop")
+        except PackageNotFoundError:  # a source checkout on PYTHONPATH: its pyproject.toml
+            import tomllib  # noqa: PLC0415
+
+            pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
+            try:
+                return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+            except (OSError, KeyError, tomllib.TOMLDecodeError):
+                return "0+unknown"
+    if name in _WHERE:
+        return getattr(_import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'reldrop' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def _layer_folders() -> None:

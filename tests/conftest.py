@@ -142,7 +142,10 @@ def s3_env(s3_endpoint, monkeypatch):
 def _clear_s3fs_cache() -> None:
     import s3fs
 
+    from reldrop.pipeline.data.fs import _s3_filesystem_class
+
     s3fs.S3FileSystem.clear_instance_cache()
+    _s3_filesystem_class().clear_instance_cache()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from reldrop.pipeline.data.codecs import SampleError, decode_row, decode_sample, encode_sample
+from reldrop.pipeline.data.codecs import SampleError, encode_sample
+from reldrop.pipeline.data.decode import decode_row, decode_sample
 
 URL = "memory://ds/train-000000.tar"
 

@@ -197,8 +197,9 @@ def test_cluster_gpu_toml() -> None:
     from reldrop.jobs import train
 
     args = train.parse_args(["--config", str(REPO / "configs/cluster-gpu.toml")])
-    assert args.use_gpu is True and args.trainers == 4 and args.explainers == 8
-    for url in (args.train, args.out):
+    assert args.use_gpu is True and args.trainers == 4 and args.explainers == "auto"
+    assert args.explainers_max == 8 and args.explainer_gpus > 0 and args.explainer_resource
+    for url in (args.train, args.test, args.ood_test, args.out):
         assert url.startswith("s3://"), url
     args = train.parse_args(["--config", str(REPO / "configs/cluster-gpu.toml"), "--trainers", "2"])
     assert args.trainers == 2

@@ -15,7 +15,7 @@ from reldrop.pipeline.data.datasets import (
 )
 from reldrop.pipeline.data.datasets.mnist import SWATCH, decoy_shade
 from reldrop.pipeline.data.manifest import read_manifest
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 
 
 def _split(name: str, split: str, **options) -> list[dict]:
@@ -52,9 +52,9 @@ def test_registry() -> None:
 
 def test_decoy_train_shade_predicts_label(decoy) -> None:
     train = decoy["train"]
-    assert len(train) == 480 and len(decoy["test"]) == len(decoy["test-clean"]) == 120
-    assert len(decoy["test-id"]) == 120
-    for sample in train + decoy["test-id"]:
+    assert len(train) == 480 and len(decoy["test-ood"]) == len(decoy["test-clean"]) == 120
+    assert len(decoy["test"]) == 120  # in distribution
+    for sample in train + decoy["test"]:
         image = sample["image"]
         assert image.dtype == np.uint8 and image.shape == (1, 28, 28)
         found = _swatch(image[0])
@@ -63,7 +63,7 @@ def test_decoy_train_shade_predicts_label(decoy) -> None:
 
 def test_decoy_test_shade_independent_of_label(decoy) -> None:
     labels, shades = [], []
-    for sample in decoy["test"]:
+    for sample in decoy["test-ood"]:
         found = _swatch(sample["image"][0])
         assert found is not None
         labels.append(sample["label"])
@@ -78,7 +78,7 @@ def test_decoy_test_shade_independent_of_label(decoy) -> None:
 
 
 def test_decoy_masks_cover_digit_not_swatch(decoy) -> None:
-    for split in ("train", "test", "test-id", "test-clean"):
+    for split in ("train", "test", "test-ood", "test-clean"):
         for sample in decoy[split]:
             image, mask = sample["image"][0], sample["mask"]
             assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
@@ -182,16 +182,16 @@ def test_viviano_synthetic_distractor_agrees_in_distribution_and_flips_out_of_it
     from reldrop.pipeline.data.datasets.shortcut import shape_pattern
 
     source = get_source("viviano-synthetic", BuildOptions(seed=2, limit=200))
-    assert set(source.splits) == {"train", "val", "test-id", "test"}
+    assert set(source.splits) == {"train", "val", "test", "test-ood"}
     assert source.num_classes == 2
-    for split in ("train", "val", "test-id", "test"):
+    for split in ("train", "val", "test", "test-ood"):
         samples = list(source.splits[split]())
         assert len(samples) == source.sizes[split]
         assert {s["label"] for s in samples} == {0, 1}
         for s in samples:
             image, mask = s["image"][0], s["mask"]
             side = _distractor_side(image)
-            assert side == (1 - s["label"] if split == "test" else s["label"])
+            assert side == (1 - s["label"] if split == "test-ood" else s["label"])
             assert not mask[:5][image[:5] == 255].any()  # the mask never marks the distractor
             assert 40 <= int(mask.sum()) <= 81  # the 9 x 9 box around the 7 x 7 shape
     assert not np.array_equal(shape_pattern(0), shape_pattern(1))
@@ -201,8 +201,8 @@ def test_decoy_mnist_strong_test_decoy_is_always_a_wrong_class() -> None:
     from reldrop.pipeline.data.datasets.mnist import STRONG_SWATCH
 
     source = get_source("decoy-mnist-strong", BuildOptions(seed=1, limit=300))
-    assert {"train", "val", "test-id", "test", "test-clean"} == set(source.splits)
-    for split in ("train", "val", "test"):
+    assert {"train", "val", "test", "test-ood", "test-clean"} == set(source.splits)
+    for split in ("train", "val", "test-ood"):
         for s in source.splits[split]():
             image, label = s["image"][0], s["label"]
             found = [(int(image[r, c]), k) for k, (r, c) in enumerate(
@@ -214,7 +214,7 @@ def test_decoy_mnist_strong_test_decoy_is_always_a_wrong_class() -> None:
             shade, corner = found[0]
             code = (255 - shade) // 25
             assert corner == code % 4
-            assert (code == label) == (split != "test")
+            assert (code == label) == (split != "test-ood")
 
 
 # --- strict npz validation: each problem one error naming the file and the array ------------

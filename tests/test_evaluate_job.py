@@ -110,5 +110,5 @@ def test_evaluate_job_arguments(tmp_path) -> None:
     config = tmp_path / "eval.yaml"
     config.write_text("checkpoint: c.safetensors\ndata: d\nlimit: 5\n")
     args = job.parse_args(["--config", str(config), "--limit", "7"])
-    assert (args.checkpoint, args.data, args.limit, args.ood_data) == ("c.safetensors", "d", 7,
+    assert (args.checkpoint, args.data, args.limit, args.ood_test) == ("c.safetensors", "d", 7,
                                                                        None)

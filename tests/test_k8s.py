@@ -153,10 +153,11 @@ def test_image_user_matches_manifests() -> None:
 
 def test_dockerfile_installs_like_the_makefile() -> None:
     text = (K8S / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    # the Ray project's image of the pinned Ray and Python 3.11, as the KubeRay samples use
+    assert re.search(rf"^FROM rayproject/ray:{re.escape(_ray_pin())}-py311(-gpu|-cpu)?$", text, re.M)
     installs = re.findall(r"pip install -c constraints\.txt ([^\n\\&]+)", text)
     assert any(".[" in line for line in installs), "installs the project against constraints.txt"
-    assert "COPY constraints.txt" in text
+    assert re.search(r"^COPY (--chown=\S+ )?constraints\.txt", text, re.M)
     assert re.search(r"^WORKDIR /app$", text, re.M)
 
 
@@ -232,17 +233,19 @@ def _ray_resources(group: dict[str, Any]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize(("name", "doc"), RAY_DOCS, ids=_ids(RAY_DOCS))
-def test_gpu_trainer_group_and_cpu_explainer_group(name: str, doc: dict[str, Any]) -> None:
+def test_gpu_trainer_group_and_autoscaled_gpu_explainer_group(name: str, doc: dict[str, Any]) -> None:
     groups = dict(_groups(doc))
     trainer, explainer = groups["trainer"], groups["explainer"]
-    pod = trainer["template"]["spec"]
-    for container in pod["containers"]:
-        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1, name
-    assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), name
-    for container in explainer["template"]["spec"]["containers"]:
-        assert "nvidia.com/gpu" not in container["resources"]["limits"], name
+    for group in (trainer, explainer):
+        pod = group["template"]["spec"]
+        for container in pod["containers"]:
+            assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1, name
+        assert any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), name
     assert _ray_resources(explainer).get("explainer", 0) > 0, f"{name}: explainer resource"
     assert "explainer" not in _ray_resources(trainer)
+    # the explainer group scales with the explainer pool (`--explainers auto`)
+    assert _cluster_spec(doc)["enableInTreeAutoscaling"] is True
+    assert explainer["minReplicas"] < explainer["maxReplicas"], name
     # the head runs no tasks, so explainers and reads cannot crowd the driver
     assert groups["head"]["rayStartParams"].get("num-cpus") == "0"
 
@@ -290,13 +293,18 @@ def test_rayjob_entrypoint_parses_with_the_real_cli() -> None:
         for c in groups["trainer"]["template"]["spec"]["containers"]
     )
     assert args.use_gpu and args.trainers == gpus
-    slots = _ray_resources(groups["explainer"])["explainer"] * groups["explainer"]["replicas"]
-    assert args.explainers == slots
-    cpus = (
-        float(groups["explainer"]["rayStartParams"]["num-cpus"]) * groups["explainer"]["replicas"]
-    )
-    assert args.explainers * args.explainer_cpus < cpus, "leave CPUs for the read tasks"
+    # explainers use the resource the explainer pods advertise, autoscale up to what the
+    # group's largest size holds, and fit a pod (CPUs left for the read tasks, GPUs shared)
+    explainer = groups["explainer"]
+    per_pod = _ray_resources(explainer)["explainer"]
+    assert args.explainer_resource == "explainer" and args.explainers == "auto"
+    assert args.explainers_max == per_pod * explainer["maxReplicas"]
+    cpus = float(explainer["rayStartParams"]["num-cpus"])
+    assert per_pod * args.explainer_cpus < cpus, "leave CPUs for the read tasks"
+    pod_gpus = int(explainer["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert 0 < per_pod * args.explainer_gpus <= pod_gpus, "GPU explainers that fit their pod"
     assert str(args.train).startswith(("s3://", "gs://")), "cluster shards on object storage"
+    assert args.test and args.ood_test, "a cluster run reports test and OOD accuracy"
 
 
 # --- schema validation -----------------------------------------------------------------------

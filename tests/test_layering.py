@@ -131,7 +131,7 @@ def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                     str(site), str(wheel)], check=True, capture_output=True, timeout=300)
     probe = (
-        "import importlib, sys; sys.path.insert(0, sys.argv[1]);"
+        "import importlib, importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
         "import reldrop.pipeline.training.config as c, reldrop.jobs.cli as j;"
         "assert c.__file__.startswith(sys.argv[1]) and j.__file__.startswith(sys.argv[1]);"
         "bad = [n for n in ('pipeline', 'jobs') if importlib.util.find_spec(n)];"

@@ -14,7 +14,7 @@ from reldrop.jobs.make_shards import parse_args
 from reldrop.pipeline.data.datasets import DatasetSource, build
 from reldrop.pipeline.data.fs import absolute_url, resolve
 from reldrop.pipeline.data.manifest import read_manifest, verify_dataset
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 
 
 def test_decoy_mnist(tmp_path: Path, capsys) -> None:
@@ -24,7 +24,7 @@ def test_decoy_mnist(tmp_path: Path, capsys) -> None:
     assert cli.main(argv) == 0
     m = verify_dataset(out)
     assert m.dataset == "decoy-mnist" and m.input_shape == (1, 28, 28) and m.has_mask
-    assert m.splits == ("test", "test-clean", "test-id", "train") and m.num_classes == 10
+    assert m.splits == ("test", "test-clean", "test-ood", "train") and m.num_classes == 10
     assert [s.num_samples for s in m.shards_of("train")] == [16, 16, 8]
     assert [s.shard for s in m.shards_of("train")][-1] == "train-000002.tar"
     assert m.num_samples("test") == m.num_samples("test-clean") == 10

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 def _config(decoy_root: str, out: Path, **kw) -> TrainConfig:
     base = dict(
-        train=f"{decoy_root}#train", test=f"{decoy_root}#test-id", ood_test=f"{decoy_root}#test",
+        train=f"{decoy_root}#train", test=f"{decoy_root}#test-id", ood_test=f"{decoy_root}#test-ood",
         epochs=2, batch_size=32, out=str(out), record_keys=True,
         threads=1,
     )

@@ -139,6 +139,41 @@ def test_flag_overrides_environment_and_travels_to_workers_as_json(monkeypatch) 
     assert opts.fsspec_kwargs("gs") == {"token": "anon"}
 
 
+def test_fsspec_own_options_pass_as_they_are() -> None:
+    opts = fs.parse_storage_options(
+        '{"client_kwargs": {"region_name": "eu-west-3"}, "config_kwargs": {"read_timeout": 9},'
+        ' "requester_pays": true, "extra": {"s3": {"client_kwargs": {"verify": false}}}}')
+    assert opts.fsspec == {"client_kwargs": {"region_name": "eu-west-3"},
+                           "config_kwargs": {"read_timeout": 9}, "requester_pays": True}
+    kwargs = opts.fsspec_kwargs("s3")
+    assert kwargs["client_kwargs"] == {"region_name": "eu-west-3", "verify": False}
+    assert kwargs["config_kwargs"]["read_timeout"] == 9 and kwargs["requester_pays"] is True
+    assert kwargs["config_kwargs"]["retries"] == {"total_max_attempts": 1}
+    # the HTTP filesystem takes client_kwargs too, but not requester_pays
+    assert opts.fsspec_kwargs("https") == {"client_kwargs": {"region_name": "eu-west-3"}}
+    assert StorageOptions.from_env({fs.ENV_VAR: opts.to_json()}) == opts
+    for secret in ('{"client_kwargs": {"aws_secret_access_key": "x"}}', '{"key": "x"}'):
+        with pytest.raises(ValueError, match="credentials"):
+            StorageOptions.from_json(secret)
+
+
+def test_no_process_wide_patching_of_s3fs() -> None:
+    import s3fs.core
+
+    retryable, handler = s3fs.core.S3_RETRYABLE_ERRORS, s3fs.core.CUSTOM_ERROR_HANDLER
+    configure_storage(StorageOptions(endpoint_url=f"http://127.0.0.1:{_closed_port()}", attempts=2,
+                                     anon=True))
+    try:
+        with pytest.raises(fs.Unreachable):  # the whole resolve path, bucket probe included
+            fs.resolve("s3://bucket/key")
+        filesystem = fs._s3_filesystem_class()(reldrop_attempts=2, anon=True)
+        assert isinstance(filesystem, s3fs.S3FileSystem) and filesystem.attempts == 2
+        assert s3fs.S3FileSystem.retries == 5  # other s3fs users keep s3fs's own policy
+    finally:
+        configure_storage(None)
+    assert s3fs.core.S3_RETRYABLE_ERRORS is retryable and s3fs.core.CUSTOM_ERROR_HANDLER is handler
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

@@ -15,6 +15,7 @@ exponential backoff and counted (:func:`storage_retries`).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import time
@@ -80,10 +81,12 @@ def resolve(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
     protocol = _protocol(url)
     options = current_storage_options()
     kwargs = {**options.fsspec_kwargs(protocol), **storage_options}
-    if protocol in _S3:
-        _install_s3_retry_policy()
     try:
-        fs, path = fsspec.core.url_to_fs(url, **kwargs)
+        if protocol in _S3:
+            fs = _s3_filesystem_class()(reldrop_attempts=options.attempts, **kwargs)
+            path = fs._strip_protocol(url)
+        else:
+            fs, path = fsspec.core.url_to_fs(url, **kwargs)
     except (ImportError, ValueError) as err:
         if protocol in _EXTRAS:
             module, command = _EXTRAS[protocol]
@@ -91,8 +94,6 @@ def resolve(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
                 f"url {url!r} needs the {module!r} package; install it with {command}"
             ) from err
         raise
-    if protocol in _S3:
-        fs.retries = options.attempts
     if protocol in _BUCKETS or protocol in _HTTP:
         _check_once(fs, protocol, url, path, options)
     return fs, path
@@ -184,27 +185,45 @@ def _is_transient(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in (errno.ECONNRESET, errno.EPIPE)
 
 
-def _s3_should_retry(err: BaseException) -> bool:
-    """s3fs's retry hook: retry (and count) transient errors only."""
-    if _is_transient(err):
-        storage.count_retry()
-        return True
-    return False
+_s3_class: type | None = None
 
 
-_s3_policy_installed = False
+def _s3_filesystem_class() -> type:
+    """``s3fs.S3FileSystem`` with reldrop's retry policy on its own instances only: transient
+    errors (:func:`_is_transient`) are tried ``attempts`` times in all with s3fs's backoff and
+    counted, anything else is raised at once. s3fs's own retry loop runs once per attempt
+    (``retries = 1``) and botocore's is off (``config_kwargs``), so no other s3fs user in the
+    process is affected: nothing module-wide is changed."""
+    global _s3_class
+    if _s3_class is not None:
+        return _s3_class
+    import s3fs  # noqa: PLC0415
+
+    class RetryingS3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
+        retries = 1
+
+        def __init__(self, *args: Any, reldrop_attempts: int = 4, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.attempts = reldrop_attempts
+
+        async def _call_s3(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+            for attempt in range(self.attempts):
+                try:
+                    return await super()._call_s3(method, *args, **kwargs)
+                except Exception as err:
+                    if attempt + 1 >= self.attempts or not _is_transient_or_cause(err):
+                        raise
+                    storage.count_retry()
+                    await asyncio.sleep(0.1 * 1.7**attempt)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    _s3_class = RetryingS3FileSystem
+    return _s3_class
 
 
-def _install_s3_retry_policy() -> None:
-    """Make s3fs ask :func:`_is_transient` before every retry (and nothing retry unasked)."""
-    global _s3_policy_installed
-    if _s3_policy_installed:
-        return
-    import s3fs.core  # noqa: PLC0415
-
-    s3fs.core.S3_RETRYABLE_ERRORS = ()  # each error goes through the custom handler
-    s3fs.core.set_custom_error_handler(_s3_should_retry)
-    _s3_policy_installed = True
+def _is_transient_or_cause(err: BaseException) -> bool:
+    """s3fs translates botocore's errors into ``OSError``s whose cause is the original."""
+    return _is_transient(err) or (err.__cause__ is not None and _is_transient(err.__cause__))
 
 
 def retrying(

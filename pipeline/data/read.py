@@ -1,18 +1,25 @@
-"""One read task per shard: fetch once, verify while reading, parse strictly, decode by block.
+"""The one shard reader: fetch once, verify while reading, parse strictly, decode by block.
 
-A shard's bytes are read once through fsspec and hashed as they arrive; size and sha256 are
-compared with the manifest before tar parsing starts, so tampered bytes never reach
-``tarfile`` nor the trainer. The tar is then checked member by member (plain names without
-``/`` or ``..``, regular files only, each key once, nothing but zero padding after the end of
-the archive, as many samples as the manifest says) and decoded a block at a time into stacked
-numpy arrays: one ``uint8 (n, C, H, W)`` image array per block instead of one Python dict per
-row. The functions here need no Ray; :func:`reldrop.pipeline.data.stream.read_split` runs
-:func:`read_shards` as a Ray Data ``map_batches`` generator, one task per shard.
+A shard's bytes are read once through fsspec and hashed as they arrive; where a manifest lists
+the shard, size and sha256 are compared with it before tar parsing starts, so tampered bytes
+never reach ``tarfile`` nor the trainer. The tar is then checked member by member (relative
+names without ``..``, regular files only, each key once, nothing but zero padding after the end
+of the archive, as many samples as the manifest says) and decoded a block at a time into
+stacked numpy arrays: one ``uint8 (n, C, H, W)`` image array per block instead of one Python
+dict per row (:func:`reldrop.pipeline.data.decode.decode_samples`). Members are grouped into
+samples as webdataset does: the key is the name up to the first ``.`` of its last path part.
 
-Errors follow the ``on_error`` policy: ``"raise"`` raises one line naming the shard (and key);
-``"skip"`` turns a bad sample into a placeholder row (``skipped=True``, ``reason`` set) and a
-bad shard into one placeholder row per sample the manifest promised, so the trainer counts
-every sample that was left out and nothing is lost silently.
+Every consumer reads through here: Ray Data (:func:`reldrop.pipeline.data.stream.read_split`
+runs :func:`read_task_blocks` as a ``map_batches`` generator, one task per shard) and
+in-process loops (:func:`iter_samples`, :class:`ShardDataset`: evaluation, ``explain``,
+studies, figures).
+
+Errors follow the :data:`~reldrop.pipeline.data.errors.OnError` policy: ``"raise"`` raises one
+line naming the shard (and key); ``"skip"`` turns a bad sample into a placeholder row
+(``skipped=True``, ``reason`` set) and a bad shard into one placeholder row per sample the
+manifest promised (one row where there is no manifest), so the trainer counts every sample
+that was left out and nothing is lost silently. :func:`iter_samples` leaves them out and
+counts them in a :class:`~reldrop.pipeline.data.errors.SkipReport` instead.
 """
 
 from __future__ import annotations
@@ -22,61 +29,55 @@ import io
 import json
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
-from reldrop.pipeline.data.codecs import SampleError, decode_sample
+from reldrop.pipeline.data.codecs import SampleError
+from reldrop.pipeline.data.decode import DecodeOptions, decode_samples
+from reldrop.pipeline.data.errors import OnError, ShardError, SkipReport, check_on_error
 from reldrop.pipeline.data.fs import StorageError, resolve, retrying
 from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo
 
+if TYPE_CHECKING:
+    from reldrop.pipeline.data.plan import DataPlan
+
 __all__ = [
-    "ON_ERROR",
     "RowSchema",
+    "ShardDataset",
     "ShardTask",
     "decode_block",
     "decode_stream_row",
     "fetch_shard",
-    "read_shards",
+    "iter_samples",
+    "read_task_blocks",
     "shard_blocks",
     "shard_skip",
     "tar_samples",
 ]
 
-ON_ERROR = ("raise", "skip")
 _CHUNK = 4 << 20
 _SHARD_SKIP = "whole shard left out"
-
-
-class _ShardProblem(ValueError):
-    """Raised inside a read task; rendered as ``shard '<url>': <problem>``."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        super().__init__(f"shard {url!r}: {problem}")
-        self.url = url
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, tuple[str, str]]:  # travels back from Ray tasks
-        return type(self), (self.url, self.problem)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RowSchema:
     """What every row of a split looks like (from the manifest); travels to read tasks."""
 
-    num_classes: int
+    num_classes: int | None
     input_shape: tuple[int, ...]
     dtype: str
     modality: str
     has_mask: bool
-    on_error: str = "raise"
+    on_error: OnError = "raise"
     rows_per_block: int | None = None
     column: str | None = None  # name of a key-aligned column joined into every row
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
 
     def __post_init__(self) -> None:
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error={self.on_error!r}; allowed: {list(ON_ERROR)}")
+        check_on_error(self.on_error)
         if self.rows_per_block is not None and self.rows_per_block < 1:
             raise ValueError(f"rows_per_block must be >= 1 or None; got {self.rows_per_block}")
 
@@ -115,13 +116,14 @@ class RowSchema:
 
 @dataclass(frozen=True, kw_only=True)
 class ShardTask:
-    """One read task: a shard, what the manifest says about it, and this epoch's row seed."""
+    """One read task: a shard, what the manifest says about it (``None``: no manifest, not
+    checked), and this epoch's row seed."""
 
     url: str
     shard: str
-    num_samples: int
-    num_bytes: int
-    sha256: str
+    num_samples: int | None = None
+    num_bytes: int | None = None
+    sha256: str | None = None
     row_seed: tuple[int, ...] | None = None  # None: rows in tar order
     column_url: str | None = None  # the key-aligned column shard joined into the rows
 
@@ -146,7 +148,7 @@ def _read_hashed(task: ShardTask) -> tuple[bytes, str]:
     parts: list[bytes] = []
     size = 0
     with fs.open(path, "rb") as f:
-        while size <= task.num_bytes:  # stop early on a (much) larger replacement
+        while task.num_bytes is None or size <= task.num_bytes:  # stop early on a larger replacement
             chunk = f.read(_CHUNK)
             if not chunk:
                 break
@@ -159,23 +161,25 @@ def _read_hashed(task: ShardTask) -> tuple[bytes, str]:
 def fetch_shard(task: ShardTask) -> bytes:
     """The shard's bytes, read once and hashed on the way (the read is retried from the start
     on transient storage errors); raise naming the shard if they differ from the manifest
-    (size or sha256), are missing or unreadable. Storage errors (credentials, bucket,
-    endpoint) are not the shard's fault and pass through under any policy."""
+    (size or sha256, where the task has them), are missing or unreadable. Storage errors
+    (credentials, bucket, endpoint) are not the shard's fault and pass through under any
+    policy."""
     try:
         data, digest = retrying(lambda: _read_hashed(task))
     except StorageError:
         raise
     except FileNotFoundError as err:
-        raise ChecksumError(f"shard {task.url!r} listed in the manifest does not exist") from err
+        where = "listed in the manifest" if task.sha256 is not None else "named by the data URL"
+        raise ChecksumError(f"shard {task.url!r} {where} does not exist") from err
     except OSError as err:
-        raise _ShardProblem(task.url, f"cannot be read ({type(err).__name__}: {err})") from err
-    if len(data) != task.num_bytes:
+        raise ShardError(task.url, f"cannot be read ({type(err).__name__}: {err})") from err
+    if task.num_bytes is not None and len(data) != task.num_bytes:
         more = " or more" if len(data) > task.num_bytes else ""
         raise ChecksumError(
             f"shard {task.url!r}: {len(data)}{more} bytes, manifest says {task.num_bytes} "
             "(truncated or replaced)"
         )
-    if digest != task.sha256:
+    if task.sha256 is not None and digest != task.sha256:
         raise ChecksumError(
             f"shard {task.url!r}: sha256 {digest} differs from manifest {task.sha256} "
             "(changed in place)"
@@ -183,17 +187,24 @@ def fetch_shard(task: ShardTask) -> bytes:
     return data
 
 
-def _member_key(member: tarfile.TarInfo, url: str) -> tuple[str, str]:
+def _member_key(member: tarfile.TarInfo, url: str) -> tuple[str, str] | None:
+    """``(key, ext)`` as webdataset names them (key: the path up to the first ``.`` of its last
+    part), ``None`` for a folder entry; refuses links, absolute and ``..`` names."""
     name = member.name
+    if member.isdir():
+        return None
     if not member.isreg():
-        raise _ShardProblem(url, f"member {name!r} is not a regular file (links and folders are refused)")
-    if not name or "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        raise _ShardProblem(
-            url, f"member name {name!r} is not a plain '<key>.<ext>' name (no '/', '..' or path)"
+        raise ShardError(url, f"member {name!r} is not a regular file (links and devices are refused)")
+    parts = name.split("/")
+    if not name or name.startswith("/") or "\\" in name or ".." in parts or parts[-1].startswith("."):
+        raise ShardError(
+            url, f"member name {name!r} is not a plain '<key>.<ext>' name (no '..', absolute "
+            "path or hidden file)"
         )
-    key, _, ext = name.partition(".")
-    if not ext or key.startswith("__"):
-        raise _ShardProblem(url, f"member name {name!r} is not a '<key>.<ext>' name")
+    stem, _, ext = parts[-1].partition(".")
+    key = "/".join([*parts[:-1], stem])
+    if not ext or not stem or stem.startswith("__"):
+        raise ShardError(url, f"member name {name!r} is not a '<key>.<ext>' name")
     return key, ext.lower()
 
 
@@ -205,27 +216,40 @@ def tar_samples(data: bytes, url: str) -> list[tuple[str, dict[str, memoryview]]
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar:
-                key, ext = _member_key(member, url)
+                named = _member_key(member, url)
+                if named is None:
+                    continue
+                key, ext = named
                 if not samples or samples[-1][0] != key:
                     if key in seen:
-                        raise _ShardProblem(url, f"duplicate sample key {key!r}")
+                        raise ShardError(url, f"duplicate sample key {key!r}")
                     seen.add(key)
                     samples.append((key, {}))
                 entries = samples[-1][1]
                 if ext in entries:
-                    raise _ShardProblem(url, f"sample {key!r} has entry '.{ext}' twice")
+                    raise ShardError(url, f"sample {key!r} has entry '.{ext}' twice")
                 end = member.offset_data + member.size
                 if end > len(data):
-                    raise _ShardProblem(url, f"member {member.name!r} runs past the end of the file")
+                    raise ShardError(url, f"member {member.name!r} runs past the end of the file")
                 entries[ext] = view[member.offset_data:end]
             end_of_archive = tar.offset
     except tarfile.TarError as err:
-        raise _ShardProblem(url, f"not a readable tar ({err})") from err
+        raise ShardError(url, f"not a readable tar ({err})") from err
     if any(view[end_of_archive:]):
-        raise _ShardProblem(
+        raise ShardError(
             url, f"non-zero bytes after the tar's end at byte {end_of_archive} (hidden members)"
         )
     return samples
+
+
+def _sample_row(s: dict[str, Any] | SampleError, url: str, key: str, schema: RowSchema
+                ) -> dict[str, Any] | SampleError:
+    """A decoded sample as a stream row's values, or why it cannot be one."""
+    if isinstance(s, SampleError):
+        return s
+    if schema.has_mask and s.get("mask") is None:
+        return SampleError(url, key, "has no mask but the manifest says masks exist")
+    return s
 
 
 def decode_stream_row(row: Mapping[str, Any], schema: RowSchema) -> dict[str, Any]:
@@ -234,42 +258,39 @@ def decode_stream_row(row: Mapping[str, Any], schema: RowSchema) -> dict[str, An
     The per-row reference for :func:`decode_block` (which must give the same rows stacked).
     """
     key, url = str(row.get("__key__")), str(row.get("__url__"))
-    try:
-        s = decode_sample(row, url=url, key=key, num_classes=schema.num_classes,
-                          expected_shape=schema.input_shape)
-        out = {"key": key, "image": s["image"] if "image" in s else s["points"],
-               "label": np.int64(s["label"])}
-        if schema.has_mask:
-            if s.get("mask") is None:
-                raise SampleError(url, key, "has no mask but the manifest says masks exist")
-            out["mask"] = np.asarray(s["mask"], dtype=np.uint8)
-        out.update(skipped=False, reason="")
-        return out
-    except SampleError as err:
+    s = _sample_row(decode_samples([(key, row)], url=url, num_classes=schema.num_classes,
+                                   expected_shape=tuple(schema.input_shape),
+                                   options=schema.decode)[0], url, key, schema)
+    if isinstance(s, SampleError):
         if schema.on_error == "raise":
-            raise
-        one = schema.placeholders([key], [str(err)])
+            raise s
+        one = schema.placeholders([key], [str(s)])
         return {name: values[0] for name, values in one.items()}
+    out = {"key": key, "image": s["image"] if "image" in s else s["points"],
+           "label": np.int64(s["label"])}
+    if schema.has_mask:
+        out["mask"] = np.asarray(s["mask"], dtype=np.uint8)
+    out.update(skipped=False, reason="")
+    return out
 
 
 def decode_block(
     samples: Sequence[tuple[str, Mapping[str, Any]]], url: str, schema: RowSchema
 ) -> dict[str, np.ndarray]:
-    """Decode ``samples`` into one block of stacked arrays (rows as :func:`decode_stream_row`)."""
+    """Decode ``samples`` into one block of stacked arrays (rows as :func:`decode_stream_row`);
+    their encoded images are decoded together."""
     n = len(samples)
     block = schema.placeholders([key for key, _ in samples], [""] * n)
     block["skipped"][:] = False
     images, labels, masks = block["image"], block["label"], block.get("mask")
-    for i, (key, entries) in enumerate(samples):
-        try:
-            s = decode_sample(entries, url=url, key=key, num_classes=schema.num_classes,
-                              expected_shape=schema.input_shape)
-            if masks is not None and s.get("mask") is None:
-                raise SampleError(url, key, "has no mask but the manifest says masks exist")
-        except SampleError as err:
+    decoded = decode_samples(samples, url=url, num_classes=schema.num_classes,
+                             expected_shape=tuple(schema.input_shape), options=schema.decode)
+    for i, ((key, _), result) in enumerate(zip(samples, decoded)):
+        s = _sample_row(result, url, key, schema)
+        if isinstance(s, SampleError):
             if schema.on_error == "raise":
-                raise
-            block["skipped"][i], block["reason"][i] = True, str(err)
+                raise s
+            block["skipped"][i], block["reason"][i] = True, str(s)
             continue
         images[i] = s["image"] if "image" in s else s["points"]
         labels[i] = s["label"]
@@ -299,8 +320,8 @@ def _join_column(
 
 def _shard_rows(task: ShardTask, schema: RowSchema) -> Iterator[dict[str, np.ndarray]]:
     samples = tar_samples(fetch_shard(task), task.url)
-    if len(samples) != task.num_samples:
-        raise _ShardProblem(
+    if task.num_samples is not None and len(samples) != task.num_samples:
+        raise ShardError(
             task.url, f"holds {len(samples)} samples, manifest says {task.num_samples}"
         )
     table = None
@@ -328,18 +349,20 @@ def shard_skip(reason: str) -> str | None:
 
 def shard_blocks(task: ShardTask, schema: RowSchema) -> Iterator[dict[str, np.ndarray]]:
     """The decoded blocks of one shard, after it verified; a bad shard under ``"skip"`` gives
-    one placeholder row per manifest sample, each naming the shard and the problem."""
+    one placeholder row per manifest sample (one without a manifest), each naming the shard
+    and the problem."""
     try:
         blocks = _shard_rows(task, schema)
-    except (ChecksumError, _ShardProblem) as err:
+    except (ChecksumError, ShardError) as err:
         if schema.on_error == "raise":
             raise
         reason = f"{err} ({_SHARD_SKIP})"
-        keys = [f"{task.shard}#{i}" for i in range(task.num_samples)]
-        step = schema.rows_per_block or max(1, task.num_samples)
+        count = 1 if task.num_samples is None else task.num_samples
+        keys = [f"{task.shard}#{i}" for i in range(count)]
+        step = schema.rows_per_block or max(1, count)
         blocks = iter([
             schema.placeholders(keys[s:s + step], [reason] * len(keys[s:s + step]))
-            for s in range(0, task.num_samples, step)
+            for s in range(0, count, step)
         ])
         if schema.column is not None:
             blocks = iter([_zero_column(b, schema) for b in blocks])
@@ -352,7 +375,92 @@ def _zero_column(block: dict[str, np.ndarray], schema: RowSchema) -> dict[str, n
     return block
 
 
-def read_shards(batch: Mapping[str, Any], *, schema: RowSchema) -> Iterator[dict[str, np.ndarray]]:
+def read_task_blocks(batch: Mapping[str, Any], *, schema: RowSchema
+                     ) -> Iterator[dict[str, np.ndarray]]:
     """``map_batches`` generator: a batch of ``{"task": ShardTask JSON}`` rows -> row blocks."""
     for text in batch["task"]:
         yield from shard_blocks(ShardTask.from_json(str(text)), schema)
+
+
+# ---- in-process reading (no Ray) -----------------------------------------------------------
+
+
+def _plan_of(source: str | DataPlan, split: str | None, on_error: OnError,
+             decode: DecodeOptions | None) -> DataPlan:
+    from reldrop.pipeline.data.plan import DataPlan, plan_split  # noqa: PLC0415 (cycle)
+
+    if isinstance(source, DataPlan):
+        return source
+    url = source if split is None else f"{source}#{split}"
+    plan = plan_split(url, "train", on_error=on_error, decode=decode)
+    # without a manifest the class count is a guess from one shard: check labels >= 0 only
+    return plan if plan.verified else replace(plan, check_labels=False)
+
+
+def iter_samples(
+    source: str | DataPlan,
+    split: str | None = None,
+    *,
+    on_error: OnError = "raise",
+    report: SkipReport | None = None,
+    decode: DecodeOptions | None = None,
+    shuffle_shards: bool = False,
+    seed: int = 0,
+    split_by_node: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Yield decoded samples (``key``, ``url``, ``label``, ``image`` or ``points``, ``mask``)
+    of a data URL (``source``, with ``split``) or a :class:`~reldrop.pipeline.data.plan.DataPlan`;
+    each sample once across torch ``DataLoader`` workers (webdataset's ``split_by_worker``;
+    ``split_by_node`` also splits by ``torch.distributed`` rank).
+
+    Shards are read and verified as by the Ray read tasks (:func:`shard_blocks`). Under
+    ``on_error="skip"`` bad samples and shards are left out and counted in ``report``.
+    """
+    import webdataset as wds  # noqa: PLC0415 (imports torch)
+
+    on_error = check_on_error(on_error)
+    report = report if report is not None else SkipReport()
+    plan = _plan_of(source, split, on_error, decode)
+    for entry in plan.skipped_shards:
+        report.add(entry["url"], None, entry["reason"])
+    schema = RowSchema.of(plan.manifest, on_error=on_error, decode=plan.decode)
+    if not plan.check_labels:
+        schema = replace(schema, num_classes=None)
+    from reldrop.pipeline.data.plan import shard_tasks  # noqa: PLC0415 (cycle)
+
+    tasks: Iterator[ShardTask] = iter(shard_tasks(plan, shuffle_seed=seed if shuffle_shards else None))
+    if split_by_node:
+        tasks = wds.split_by_node(tasks)
+    name = "points" if schema.modality == "points" else "image"
+    for task in wds.split_by_worker(tasks):
+        for block in shard_blocks(task, schema):
+            for i, key in enumerate(block["key"]):
+                if block["skipped"][i]:
+                    reason = str(block["reason"][i])
+                    whole = shard_skip(reason)
+                    if whole is None:
+                        report.add(task.url, str(key), reason)
+                    elif i == 0:
+                        report.add(whole, None, reason)
+                    continue
+                sample = {"key": str(key), "url": task.url, "label": int(block["label"][i]),
+                          name: block["image"][i]}
+                if "mask" in block:
+                    sample["mask"] = block["mask"][i]
+                yield sample
+
+
+class ShardDataset(IterableDataset):  # type: ignore[type-arg]
+    """A torch ``IterableDataset`` over :func:`iter_samples` (picklable for ``DataLoader``).
+
+    With more workers than shards the extra workers yield nothing; no sample is duplicated.
+    Each worker has its own :class:`~reldrop.pipeline.data.errors.SkipReport` (skips are also
+    logged as warnings).
+    """
+
+    def __init__(self, source: str, split: str | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.source, self.split, self.kwargs = source, split, kwargs
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter_samples(self.source, self.split, **self.kwargs)

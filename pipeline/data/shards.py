@@ -1,68 +1,25 @@
-"""Write and read WebDataset tar shards at any fsspec URL.
+"""Write WebDataset tar shards at any fsspec URL.
 
-Writing: :class:`ShardWriter` (``webdataset.TarWriter`` over an fsspec file, rotating every
-``shard_size`` samples into ``{split}-{000000}.tar``, hashing as it writes) and
+:class:`ShardWriter` (``webdataset.TarWriter`` over an fsspec file, rotating every
+``shard_size`` samples into ``{split}-{000000}.tar``, hashing as it writes),
 :func:`write_shards` (all splits; returns the :class:`Manifest` unwritten) and
-:func:`write_dataset` (the same, then ``manifest.parquet`` last).
-
-Reading: :func:`iter_samples` plans from the manifest, splits shards across torch
-``DataLoader`` workers / nodes with webdataset's splitters (a worker without a shard simply
-yields nothing), streams each shard through webdataset's tar iterators and decodes with
-:func:`reldrop.pipeline.data.codecs.decode_sample`. Bad data raises an error naming shard URL and key, or
-with ``on_error="skip"`` is skipped, counted in a :class:`SkipReport` and logged.
+:func:`write_dataset` (the same, then ``manifest.parquet`` last). Reading is
+:mod:`reldrop.pipeline.data.read` (one reader for Ray and in-process loops).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import logging
-import random
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import webdataset as wds
-from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from reldrop.pipeline.data.codecs import SampleError, decode_sample, encode_sample
+from reldrop.pipeline.data.codecs import encode_sample
 from reldrop.pipeline.data.fs import absolute_url, join_url, resolve
-from reldrop.pipeline.data.manifest import (
-    ChecksumError,
-    Manifest,
-    ShardInfo,
-    read_manifest,
-    shard_name,
-    verify_shard,
-    write_manifest,
-)
+from reldrop.pipeline.data.manifest import Manifest, ShardInfo, shard_name, write_manifest
 
-__all__ = [
-    "OnError",
-    "ShardDataset",
-    "ShardError",
-    "ShardWriter",
-    "SkipReport",
-    "Skipped",
-    "iter_samples",
-    "write_dataset",
-    "write_shards",
-]
-
-log = logging.getLogger(__name__)
-OnError = Literal["raise", "skip"]
-_ON_ERROR = ("raise", "skip")
-
-
-class ShardError(ValueError):
-    """A shard that cannot be read (truncated, corrupt, missing, wrong sample count)."""
-
-    def __init__(self, url: str, problem: str) -> None:
-        super().__init__(f"shard {url!r}: {problem}")
-        self.url = url
-        self.problem = problem
+__all__ = ["ShardWriter", "write_dataset", "write_shards"]
 
 
 class _HashingWriter:
@@ -239,163 +196,3 @@ def write_dataset(
     )
     write_manifest(manifest)
     return manifest
-
-
-@dataclass(frozen=True, kw_only=True)
-class Skipped:
-    """One skipped sample (``key`` set) or the rest of a shard (``key`` None)."""
-
-    url: str
-    key: str | None
-    reason: str
-
-
-@dataclass
-class SkipReport:
-    """Everything :func:`iter_samples` skipped under ``on_error="skip"``; nothing is silent."""
-
-    items: list[Skipped] = field(default_factory=list)
-
-    def add(self, url: str, key: str | None, reason: str) -> None:
-        self.items.append(Skipped(url=url, key=key, reason=reason))
-        log.warning("skipped %s in shard %s: %s", key or "rest of shard", url, reason)
-
-    @property
-    def samples(self) -> int:
-        """Number of individually skipped samples."""
-        return sum(1 for item in self.items if item.key is not None)
-
-    @property
-    def shards(self) -> int:
-        """Number of shards abandoned (part or whole) because they could not be read."""
-        return sum(1 for item in self.items if item.key is None)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def summary(self) -> str:
-        kinds = Counter(item.reason.split(":")[0] for item in self.items)
-        return (
-            f"skipped {self.samples} sample(s) and {self.shards} shard(s)"
-            + ("" if not kinds else f" ({dict(kinds)})")
-        )
-
-
-def _with_last(items: Iterable[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], bool]]:
-    """``(item, is_last)`` pairs, one item of look-ahead."""
-    iterator = iter(items)
-    try:
-        previous = next(iterator)
-    except StopIteration:
-        return
-    for item in iterator:
-        yield previous, False
-        previous = item
-    yield previous, True
-
-
-def _open_shard(info: ShardInfo, url: str, verify: bool) -> Any:
-    fs, path = resolve(url)
-    if not fs.exists(path):
-        raise ShardError(url, "listed in the manifest but does not exist")
-    if verify:
-        data = fs.cat_file(path)
-        verify_shard(info, data, url=url)
-        return io.BytesIO(data)
-    return fs.open(path, "rb")
-
-
-def _read_shard(
-    info: ShardInfo, url: str, manifest: Manifest, on_error: OnError,
-    report: SkipReport, verify: bool,
-) -> Iterator[dict[str, Any]]:
-    seen = 0
-    key = None
-    try:
-        stream = _open_shard(info, url, verify)
-        try:
-            raw_samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-            for raw, is_last in _with_last(raw_samples):
-                seen += 1
-                key = str(raw["__key__"])
-                if is_last and seen != info.num_samples:
-                    # tarfile ends quietly at a truncated header: judge the shard before its
-                    # possibly partial last sample
-                    break
-                try:
-                    sample = decode_sample(
-                        raw, url=url, key=key,
-                        num_classes=manifest.num_classes, expected_shape=manifest.input_shape,
-                    )
-                except SampleError as err:
-                    if on_error == "raise":
-                        raise
-                    report.add(url, key, err.problem)
-                    continue
-                yield sample
-        finally:
-            stream.close()
-        if seen != info.num_samples:
-            raise ShardError(
-                url,
-                f"holds {seen} samples, manifest says {info.num_samples} (truncated or corrupt)",
-            )
-    except (SampleError, ShardError, ChecksumError):
-        if on_error == "raise":
-            raise
-        report.add(url, None, f"shard error after {seen} samples")
-    except Exception as err:  # tarfile/OS errors from a truncated or corrupt tar
-        # webdataset appends (stream, url) to err.args; keep only the message
-        what = f"{type(err).__name__}: {err.args[0] if err.args else ''}"
-        if on_error == "raise":
-            after = f" after sample {key!r}" if key else ""
-            raise ShardError(url, f"truncated or corrupt tar{after} ({what})") from err
-        report.add(url, None, f"unreadable tar after {seen} samples ({what})")
-
-
-def iter_samples(
-    root_url: str,
-    split: str,
-    *,
-    on_error: OnError = "raise",
-    report: SkipReport | None = None,
-    verify: bool = False,
-    shuffle_shards: bool = False,
-    seed: int = 0,
-    split_by_node: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Yield decoded samples of ``split``; each sample once across ``DataLoader`` workers.
-
-    ``verify`` checks each shard's sha256 before yielding any of its samples. ``split_by_node``
-    also splits shards by ``torch.distributed`` rank (``webdataset.split_by_node``).
-    """
-    if on_error not in _ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}; allowed: {list(_ON_ERROR)}")
-    report = report if report is not None else SkipReport()
-    manifest = read_manifest(root_url)
-    planned: list[dict[str, Any]] = [
-        {"url": url, "info": info}
-        for info, url in zip(manifest.shards_of(split), manifest.shard_urls(split), strict=True)
-    ]
-    if shuffle_shards:
-        random.Random(seed).shuffle(planned)
-    stages: Iterator[dict[str, Any]] = iter(planned)
-    if split_by_node:
-        stages = wds.split_by_node(stages)
-    for entry in wds.split_by_worker(stages):
-        yield from _read_shard(entry["info"], entry["url"], manifest, on_error, report, verify)
-
-
-class ShardDataset(IterableDataset):  # type: ignore[type-arg]
-    """A torch ``IterableDataset`` over :func:`iter_samples` (picklable for ``DataLoader``).
-
-    With more workers than shards the extra workers yield nothing; no sample is duplicated.
-    Each worker has its own :class:`SkipReport` (skips are also logged as warnings).
-    """
-
-    def __init__(self, root_url: str, split: str, **kwargs: Any) -> None:
-        super().__init__()
-        self.root_url, self.split, self.kwargs = root_url, split, kwargs
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter_samples(self.root_url, self.split, **self.kwargs)

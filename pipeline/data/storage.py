@@ -36,8 +36,39 @@ _S3 = ("s3", "s3a")
 #: option names that hold secrets: refused in settings that may be logged or shipped
 _SECRET_NAMES = frozenset({
     "key", "secret", "token", "password", "session_token", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
+    "aws_secret_access_key", "aws_session_token", "access_key", "secret_key", "username",
 })
+#: filesystem classes whose constructor keywords ``--storage-options`` passes through as they
+#: are (fsspec's own storage options), per protocol
+_FILESYSTEMS = {
+    "s3": ("s3fs", "S3FileSystem"), "s3a": ("s3fs", "S3FileSystem"),
+    "gs": ("gcsfs", "GCSFileSystem"), "gcs": ("gcsfs", "GCSFileSystem"),
+    "http": ("fsspec.implementations.http", "HTTPFileSystem"),
+    "https": ("fsspec.implementations.http", "HTTPFileSystem"),
+}
+#: constructor keywords that are not options (the event loop, sessions) or are credentials
+_NOT_OPTIONS = frozenset({"self", "args", "kwargs", "storage_options", "asynchronous", "loop",
+                          "session", "get_client"}) | _SECRET_NAMES
+
+
+def _fsspec_names(protocol: str) -> frozenset[str]:
+    """The options ``protocol``'s filesystem takes (empty if its package is not installed)."""
+    import importlib  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+
+    where = _FILESYSTEMS.get(protocol)
+    if where is None:
+        return frozenset()
+    try:
+        cls = getattr(importlib.import_module(where[0]), where[1])
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(cls.__init__).parameters) - _NOT_OPTIONS
+
+
+def fsspec_option_names() -> list[str]:
+    """Every fsspec storage option ``--storage-options`` accepts as it is (installed stores)."""
+    return sorted(set().union(*(_fsspec_names(p) for p in _FILESYSTEMS)))
 _CONNECT_TIMEOUT_S = 5.0
 _READ_TIMEOUT_S = 60.0
 
@@ -61,14 +92,18 @@ class StorageOptions:
 
     ``endpoint_url``: an S3-compatible endpoint (MinIO, Ceph, moto, ...), ``None`` for AWS.
     ``region``: the S3 region. ``anon``: unsigned requests (public buckets). ``attempts``:
-    tries per storage call when the error is transient (1 = no retry). ``extra``: further
-    fsspec options per protocol, e.g. ``{"s3": {"requester_pays": true}}``.
+    tries per storage call when the error is transient (1 = no retry). ``fsspec``: fsspec's
+    own storage options as they are (``client_kwargs``, ``config_kwargs``,
+    ``requester_pays``, ...), given to the filesystem of every URL whose filesystem takes them
+    (s3, gs, http); in JSON they are top-level keys. ``extra``: options for one protocol only,
+    e.g. ``{"s3": {"requester_pays": true}}``.
     """
 
     endpoint_url: str | None = None
     region: str | None = None
     anon: bool = False
     attempts: int = 4
+    fsspec: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,7 +127,9 @@ class StorageOptions:
                 "storage option extra must map a protocol name to its fsspec options, "
                 f'e.g. {{"s3": {{"requester_pays": true}}}}; got {self.extra!r}'
             )
-        secrets = _secret_paths(self.extra, "extra")
+        if not isinstance(self.fsspec, Mapping):
+            raise TypeError(f"storage option fsspec must be a mapping; got {self.fsspec!r}")
+        secrets = _secret_paths(self.extra, "extra") + _secret_paths(self.fsspec, "")
         if secrets:
             raise ValueError(
                 f"storage options must not hold credentials (found {secrets}); give them "
@@ -100,6 +137,7 @@ class StorageOptions:
                 "AWS_SESSION_TOKEN), a Kubernetes Secret or an instance role"
             )
         object.__setattr__(self, "extra", json.loads(json.dumps(dict(self.extra))))
+        object.__setattr__(self, "fsspec", json.loads(json.dumps(dict(self.fsspec))))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> StorageOptions:
@@ -116,17 +154,33 @@ class StorageOptions:
 
     @classmethod
     def from_json(cls, text: str, *, base: StorageOptions | None = None) -> StorageOptions:
-        """Fields from a JSON object over ``base`` (default: :meth:`from_env`)."""
+        """Fields from a JSON object over ``base`` (default: :meth:`from_env`); keys that are
+        not fields but options of an fsspec filesystem (``client_kwargs``, ...) go to
+        ``fsspec`` as they are."""
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"storage options {text!r} are not valid JSON: {err}") from err
         if not isinstance(values, dict):
             raise ValueError(f"storage options must be a JSON object; got {text!r}")
-        allowed = [f for f in cls.__dataclass_fields__]
-        unknown = sorted(set(values) - set(allowed))
+        own = [f for f in cls.__dataclass_fields__]
+        passed = {k: v for k, v in values.items() if k not in own}
+        secrets = _secret_paths(passed, "")
+        if secrets:
+            raise ValueError(
+                f"storage options must not hold credentials (found {[s[1:] for s in secrets]}); "
+                "give them through the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                "AWS_SESSION_TOKEN), a Kubernetes Secret or an instance role"
+            )
+        unknown = sorted(set(passed) - set(fsspec_option_names()))
         if unknown:
-            raise ValueError(f"unknown storage option(s) {unknown}; allowed: {allowed}")
+            raise ValueError(
+                f"unknown storage option(s) {unknown}; allowed: {own} and the fsspec options of "
+                f"the installed filesystems ({', '.join(fsspec_option_names())})"
+            )
+        values = {k: v for k, v in values.items() if k in own}
+        if passed:
+            values["fsspec"] = {**values.get("fsspec", {}), **passed}
         return replace(base if base is not None else cls.from_env(), **values)
 
     def to_json(self) -> str:
@@ -134,8 +188,12 @@ class StorageOptions:
 
     def fsspec_kwargs(self, protocol: str) -> dict[str, Any]:
         """Keyword arguments for ``fsspec.filesystem(protocol, ...)``: ``endpoint_url`` and
-        ``region`` apply to S3, ``anon`` to S3 and GCS, ``extra[protocol]`` to its protocol."""
-        extra = dict(self.extra.get(protocol, {}))
+        ``region`` apply to S3, ``anon`` to S3 and GCS, ``fsspec`` to every protocol whose
+        filesystem takes them, ``extra[protocol]`` to its protocol (last; nested
+        ``client_kwargs``/``config_kwargs`` are merged, the later value winning)."""
+        names = _fsspec_names(protocol) if self.fsspec else frozenset()
+        extra = _merge({k: v for k, v in self.fsspec.items() if k in names},
+                       dict(self.extra.get(protocol, {})))
         if protocol in ("gs", "gcs"):
             return {**({"token": "anon"} if self.anon else {}), **extra}
         if protocol not in _S3:
@@ -145,7 +203,7 @@ class StorageOptions:
             kwargs["endpoint_url"] = self.endpoint_url
         client = {"region_name": self.region} if self.region else {}
         # botocore does not retry (its retries are neither bounded by us nor counted);
-        # s3fs retries what _is_transient allows, ``attempts`` times
+        # reldrop's S3 filesystem (fs.py) retries what _is_transient allows, ``attempts`` times
         config = {
             "retries": {"total_max_attempts": 1},
             "connect_timeout": _CONNECT_TIMEOUT_S,
@@ -154,6 +212,17 @@ class StorageOptions:
         kwargs["client_kwargs"] = {**client, **extra.pop("client_kwargs", {})}
         kwargs["config_kwargs"] = {**config, **extra.pop("config_kwargs", {})}
         return {**kwargs, **extra}
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``; the client and config mappings are merged one level deep."""
+    out = dict(base)
+    for name, value in over.items():
+        if name in ("client_kwargs", "config_kwargs") and isinstance(out.get(name), Mapping):
+            out[name] = {**out[name], **value}
+        else:
+            out[name] = value
+    return out
 
 
 def parse_storage_options(text: str) -> StorageOptions:

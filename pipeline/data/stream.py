@@ -3,13 +3,17 @@
 Rows carry ``key`` (str), ``image`` (uint8 C x H x W, or float32 P x C for point clouds),
 ``label`` (int64), ``mask`` (uint8 region of interest, when the dataset has masks),
 ``skipped`` (bool) and ``reason`` (str), plus a joined column such as ``relevance`` when asked.
-Every shard is verified while it is read (size, sha256, member names, sample count; see
-:mod:`reldrop.pipeline.data.read`). Under ``on_error="skip"`` a bad sample becomes a
-placeholder row with ``skipped=True`` that flows to the trainer, which counts it; a shard that
-is missing or of the wrong size is left out up front (:attr:`DataPlan.skipped_shards`), and one
-that fails verification while streaming becomes one placeholder row per manifest sample whose
-``reason`` names the shard (:func:`reldrop.pipeline.data.read.shard_skip` recognises them).
-Nothing is lost silently.
+Every shard is verified while it is read (with a manifest: size, sha256, member names, sample
+count; without: member names and the samples themselves; see
+:mod:`reldrop.pipeline.data.read` and :mod:`reldrop.pipeline.data.plan`). Under
+``on_error="skip"`` a bad sample becomes a placeholder row with ``skipped=True`` that flows to
+the trainer, which counts it; a shard that is missing or of the wrong size is left out up front
+(:attr:`DataPlan.skipped_shards`), and one that fails verification while streaming becomes
+placeholder rows whose ``reason`` names the shard
+(:func:`reldrop.pipeline.data.read.shard_skip` recognises them). Nothing is lost silently.
+
+:func:`read_shards` is the public entry: any data URL (a ``make-shards`` root, or standard
+WebDataset shards by brace URL, list, glob or folder) to a ``ray.data.Dataset``.
 
 Per-epoch shuffling: ``read_split(plan, shuffle_seed=s, epoch=e)`` permutes the shard order
 and the rows inside every shard with a seed derived from ``(s, e)``: a different order each
@@ -18,18 +22,28 @@ epoch, the same for the same seed, every key once per epoch.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from reldrop.pipeline.data.blocks import cut_blocks
 from reldrop.pipeline.data.columns import ColumnJoin
-from reldrop.pipeline.data.fs import resolve
-from reldrop.pipeline.data.manifest import ChecksumError, Manifest, ShardInfo, read_manifest
-from reldrop.pipeline.data.read import ON_ERROR, RowSchema, ShardTask, read_shards
+from reldrop.pipeline.data.decode import DecodeOptions
+from reldrop.pipeline.data.errors import OnError, check_on_error
+from reldrop.pipeline.data.plan import (
+    DataPlan,
+    data_error,
+    parse_data_url,
+    plan_split,
+    shard_tasks,
+)
+from reldrop.pipeline.data.read import RowSchema, read_task_blocks
+
+if TYPE_CHECKING:
+    import ray.data
 
 __all__ = [
     "DataPlan",
@@ -37,131 +51,16 @@ __all__ = [
     "model_inputs",
     "parse_data_url",
     "plan_split",
+    "read_shards",
     "read_split",
     "shard_tasks",
 ]
 
 
-def parse_data_url(url: str, default_split: str) -> tuple[str, str]:
-    """``ROOT#split`` -> (ROOT, split); plain ``ROOT`` uses ``default_split``."""
-    if "#" in url:
-        root, split = url.rsplit("#", 1)
-        if not split:
-            raise ValueError(f"data URL {url!r} ends in '#': name a split after it")
-        return root, split
-    return url, default_split
-
-
-@dataclass(frozen=True)
-class DataPlan:
-    """The shards of one split to read, and the shards left out up front (missing, wrong size)."""
-
-    root: str
-    split: str
-    manifest: Manifest
-    urls: tuple[str, ...]
-    skipped_shards: tuple[dict[str, Any], ...] = field(default=())
-
-    @property
-    def num_samples(self) -> int:
-        bad = {s["url"] for s in self.skipped_shards}
-        return sum(
-            info.num_samples
-            for info, url in zip(self.manifest.shards_of(self.split), self.manifest.shard_urls(self.split))
-            if url not in bad
-        )
-
-
-def plan_split(url: str, default_split: str, *, on_error: str) -> DataPlan:
-    """Find ``split``'s shards in the manifest and check their sizes (one listing, no reads).
-
-    A missing or resized shard raises under ``on_error="raise"``; under ``"skip"`` it is left
-    out and recorded. Contents (sha256, members, sample count) are verified by the read tasks
-    while they stream, so no shard is read twice.
-    """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}; allowed: {list(ON_ERROR)}")
-    root, split = parse_data_url(url, default_split)
-    manifest = read_manifest(root)
-    if split not in manifest.splits:
-        raise ValueError(f"split {split!r} not in {root!r}; it has {list(manifest.splits)}")
-    infos, urls = manifest.shards_of(split), manifest.shard_urls(split)
-    good: list[str] = []
-    skipped: list[dict[str, Any]] = []
-    for info, shard_url, problem in zip(infos, urls, _size_problems(infos, urls)):
-        if problem is None:
-            good.append(shard_url)
-        elif on_error == "raise":
-            raise ChecksumError(f"{problem}; --on-error skip leaves it out")
-        else:
-            skipped.append({"url": shard_url, "samples": info.num_samples, "reason": problem})
-    return DataPlan(root, split, manifest, tuple(good), tuple(skipped))
-
-
-def _size_problems(infos: tuple[ShardInfo, ...], urls: list[str]) -> list[str | None]:
-    """Per shard: ``None`` or why its size is wrong; one directory listing where possible."""
-    sizes: dict[str, int] = {}
-    if urls:
-        fs, first = resolve(urls[0])
-        folder = first.rsplit("/", 1)[0]
-        try:
-            sizes = {e["name"].rstrip("/"): int(e["size"]) for e in fs.ls(folder, detail=True)}
-        except (OSError, KeyError, TypeError):
-            sizes = {}
-    problems: list[str | None] = []
-    for info, shard_url in zip(infos, urls):
-        fs, path = resolve(shard_url)
-        size = sizes.get(path)
-        if size is None:
-            try:
-                size = int(fs.size(path))
-            except FileNotFoundError:
-                problems.append(f"shard {shard_url!r} listed in the manifest does not exist")
-                continue
-        problems.append(
-            None if size == info.num_bytes
-            else f"shard {shard_url!r}: {size} bytes, manifest says {info.num_bytes} (truncated or replaced)"
-        )
-    return problems
-
-
-_DATA_LINE = re.compile(r"shard '[^']*'(?:, sample '[^']*')?: ")
-
-
-def data_error(err: BaseException) -> str | None:
-    """The line holding ``shard '...'[, sample '...']: ...`` inside a (Ray-wrapped) data error
-    (whole, with any context before it, such as an exception class name)."""
-    for line in str(err).splitlines():
-        if _DATA_LINE.search(line):
-            return line.strip()
-    return None
-
-
-def shard_tasks(
-    plan: DataPlan, *, shuffle_seed: int | None = None, epoch: int = 0,
-    columns: ColumnJoin | None = None,
-) -> list[ShardTask]:
-    """One :class:`ShardTask` per shard of ``plan``, in this epoch's order."""
-    index_of = {url: i for i, url in enumerate(plan.manifest.shard_urls(plan.split))}
-    info_of = dict(zip(plan.manifest.shard_urls(plan.split), plan.manifest.shards_of(plan.split)))
-    urls = list(plan.urls)
-    if shuffle_seed is not None:
-        order = np.random.default_rng([shuffle_seed, epoch]).permutation(len(urls))
-        urls = [urls[i] for i in order]
-    return [
-        ShardTask.of(
-            info_of[url], url,
-            row_seed=None if shuffle_seed is None else (shuffle_seed, epoch, index_of[url]),
-            column_url=None if columns is None else columns.url(plan.split, index_of[url]),
-        )
-        for url in urls
-    ]
-
-
 def read_split(
     plan: DataPlan,
     *,
-    on_error: str,
+    on_error: OnError | str,
     read_cpus: float = 0.25,
     limit: int | None = None,
     rows_per_block: int | None = None,
@@ -184,8 +83,11 @@ def read_split(
         raise ValueError(f"no readable shards left for split {plan.split!r} of {plan.root!r}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0; got {epoch}")
-    schema = RowSchema.of(plan.manifest, on_error=on_error, rows_per_block=rows_per_block,
+    schema = RowSchema.of(plan.manifest, on_error=check_on_error(on_error),
+                          rows_per_block=rows_per_block, decode=plan.decode,
                           column=None if columns is None else columns.column)
+    if not plan.check_labels:
+        schema = replace(schema, num_classes=None)
     tasks = shard_tasks(plan, shuffle_seed=shuffle_seed, epoch=epoch, columns=columns)
     ds: Any = ray.data.from_items(
         [{"task": t.to_json()} for t in tasks], override_num_blocks=len(tasks)
@@ -193,12 +95,51 @@ def read_split(
     if rows_per_block is not None:
         cut_blocks(ds, rows_per_block, schema.row_bytes)
     ds = ds.map_batches(
-        read_shards, fn_kwargs={"schema": schema}, batch_size=1, batch_format="numpy",
+        read_task_blocks, fn_kwargs={"schema": schema}, batch_size=1, batch_format="numpy",
         num_cpus=read_cpus,
     )
     if limit is not None:
         ds = ds.limit(limit)
     return ds
+
+
+def read_shards(
+    urls: str | Sequence[str],
+    *,
+    split: str = "train",
+    on_error: OnError = "raise",
+    image_key: str | None = None,
+    label_key: str | None = None,
+    image_size: int | None = None,
+    num_classes: int | None = None,
+    read_cpus: float = 0.25,
+    rows_per_block: int | None = None,
+    shuffle_seed: int | None = None,
+    epoch: int = 0,
+    limit: int | None = None,
+) -> ray.data.Dataset:
+    """Read WebDataset tar shards as a ``ray.data.Dataset`` of decoded, verified rows.
+
+    ``urls``: a ``make-shards`` root (``ROOT`` or ``ROOT#split``, ``split`` the default),
+    standard WebDataset shards (a brace URL ``s3://b/train-{000000..000146}.tar``, a list
+    joined by ``::`` or given as a sequence, a glob, a folder of ``.tar``), on any fsspec
+    filesystem. ``image_key``/``label_key``: which members hold image and label (webdataset's
+    extensions; default the first of ``jpg``, ``jpeg``, ``png``, ``webp``, ``npy`` and ``cls``
+    then ``json``); ``image_size``: resize and centre-crop every image to a square.
+    ``num_classes``: checked against every label (default: the manifest's, else none).
+    Rows: ``key``, ``image`` (uint8 C x H x W), ``label`` (int64), ``mask`` where the dataset
+    has masks, ``skipped`` and ``reason`` (``on_error="skip"``: placeholder rows that stand for
+    left-out samples; filter on ``skipped``). With a manifest every shard's size, sha256 and
+    sample count are checked; without one, member names and each sample's decoding (logged).
+    The returned dataset is new: nothing the caller holds is changed.
+    """
+    spec = urls if isinstance(urls, str) else "::".join(urls)
+    decode = DecodeOptions(image_key=image_key, label_key=label_key, image_size=image_size)
+    plan = plan_split(spec, split, on_error=on_error, decode=decode, num_classes=num_classes)
+    if num_classes is None and not plan.verified:  # no manifest: check labels >= 0 only
+        plan = replace(plan, check_labels=False)
+    return read_split(plan, on_error=on_error, read_cpus=read_cpus, limit=limit,
+                      rows_per_block=rows_per_block, shuffle_seed=shuffle_seed, epoch=epoch)
 
 
 def model_inputs(images: np.ndarray | torch.Tensor, normalization: Any) -> torch.Tensor:

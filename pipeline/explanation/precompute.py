@@ -17,7 +17,7 @@ import torch
 
 from reldrop.checkpoint import load_checkpoint
 from reldrop.pipeline.data.columns import write_columns
-from reldrop.pipeline.data.shards import SkipReport, iter_samples
+from reldrop.pipeline.data.read import SkipReport, iter_samples
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from reldrop.relevance import relevance
 

@@ -125,7 +125,7 @@ class CompareConfig:
 
             return default_data(0)
         root = self.data.rstrip("/")
-        return f"{root}#train", f"{root}#test-id", f"{root}#test"
+        return f"{root}#train", f"{root}#test-id", f"{root}#test-ood"
 
     def base_train_config(self, **kwargs: Any) -> TrainConfig:
         return TrainConfig(**{"epochs": self.epochs, "limit": self.limit, "address": self.address,

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ from torch import nn
 
 from reldrop.checkpoint import ModelSpec, load_checkpoint
 from reldrop.evaluation import FRACTIONS, EvaluationResult, evaluate
+from reldrop.pipeline.data.decode import DecodeOptions
+from reldrop.pipeline.data.errors import OnError
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from reldrop.pipeline.training.report import json_safe
 
@@ -96,12 +98,13 @@ def evaluate_model(
     )
 
 
-def _samples(data: Data, on_error: Literal["raise", "skip"]) -> tuple[str, Iterable[Any]]:
+def _samples(data: Data, on_error: OnError, decode: DecodeOptions | None
+             ) -> tuple[str, Iterable[Any]]:
     if isinstance(data, str):
         root, split = parse_data_url(data, DEFAULT_SPLIT)
-        from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+        from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415 (torch is heavy)
 
-        return f"{root}#{split}", iter_samples(root, split, on_error=on_error)
+        return f"{root}#{split}", iter_samples(f"{root}#{split}", on_error=on_error, decode=decode)
     return "<samples>", data
 
 
@@ -159,9 +162,10 @@ def evaluate_checkpoint(
     composite: str = "reference",
     limit: int | None = None,
     seed: int = 0,
-    on_error: Literal["raise", "skip"] = "raise",
+    on_error: OnError = "raise",
     device: str = "cpu",
     plots: bool = True,
+    decode: DecodeOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data_url`` (and the out-of-distribution ``ood_url``).
 
@@ -188,7 +192,7 @@ def evaluate_checkpoint(
     }
     for name, data in datasets.items():
         start = time.perf_counter()
-        source, samples = _samples(data, on_error)
+        source, samples = _samples(data, on_error, decode)
         batches = sample_batches(samples, spec.normalization, batch_size=batch_size, limit=limit)
         results[name] = evaluate_model(model, spec, batches, composite=composite, seed=seed)
         report["datasets"][name] = {

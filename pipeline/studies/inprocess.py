@@ -48,7 +48,7 @@ class SplitData:
 
 def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None) -> dict[str, SplitData]:
     """Read ``splits`` of the shard dataset at ``root`` (at most ``limit`` samples each)."""
-    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415 (torch is heavy)
 
     out: dict[str, SplitData] = {}
     for split in splits:
@@ -72,16 +72,24 @@ def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None)
     return out
 
 
-STUDY_SPLITS = ("train", "val", "test-id", "test")
+#: in- and out-of-distribution test splits by the names that hold in datasets of either naming
+#: (``test``/``test-ood`` now, ``test-id``/``test`` before; see reldrop.pipeline.data.plan)
+STUDY_SPLITS = ("train", "val", "test-id", "test-ood")
 
 
 def load_study_data(root: str, *, limit: int | None, study: str) -> tuple[dict[str, SplitData], int]:
-    """The splits a study selects and scores on (train, val, test-id, test) and the class count;
-    a dataset without them is one line naming what it has and how to make one."""
+    """The splits a study selects and scores on (train, val, test-id, test-ood) and the class
+    count; a dataset without them is one line naming what it has and how to make one."""
     from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
+    from reldrop.pipeline.data.plan import resolve_split  # noqa: PLC0415
 
     manifest = read_manifest(root)
-    missing = [s for s in STUDY_SPLITS if s not in manifest.splits]
+    missing = []
+    for split in STUDY_SPLITS:
+        try:
+            resolve_split(split, manifest.splits, root)
+        except ValueError:
+            missing.append(split)
     if missing:
         raise ValueError(f"{root!r} lacks split(s) {missing} (has {list(manifest.splits)}); the "
                          f"{study} needs {', '.join(STUDY_SPLITS)} (e.g. make-shards --dataset "
@@ -191,7 +199,7 @@ def _occlude(
 
 
 #: record key -> split a study scores accuracy on (``val`` selects; ``test`` is the OOD split)
-ACCURACY_SPLITS = {"val_accuracy": "val", "id_accuracy": "test-id", "ood_accuracy": "test"}
+ACCURACY_SPLITS = {"val_accuracy": "val", "id_accuracy": "test-id", "ood_accuracy": "test-ood"}
 
 
 def measure_run(

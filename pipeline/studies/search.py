@@ -7,7 +7,7 @@ RelDrop's p / alpha / beta), every grid point trains with every seed
 looked at for selection). Because a shortcut makes validation accuracy saturate for every
 setting, the rule is: among the grid points whose mean validation accuracy is within ``tol``
 of the best, the *strongest* regularization (grids run from weak to strong). The winner's
-runs are then measured on ``test-id`` and ``test`` (OOD) and evaluated
+runs are then measured on ``test-id`` and ``test-ood`` and evaluated
 (:func:`reldrop.evaluation.evaluate` on ``test-id``: relevance- and random-order occlusion AUC
 and their difference, mask relevance share, features holding 50 % of the relevance mass).
 """
@@ -86,7 +86,7 @@ SEARCH_METRICS: dict[str, str] = {
 @dataclass(frozen=True, kw_only=True)
 class SearchConfig:
     """A search: ``methods`` x grid (``quick`` or full) x ``seeds`` on the shard root ``data``
-    (splits ``train``, ``val``, ``test-id``, ``test``)."""
+    (splits ``train``, ``val``, ``test-id``, ``test-ood``; older names accepted)."""
 
     data: str
     methods: tuple[str, ...] = tuple(GRIDS)

@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reldrop.composites import COMPOSITES
-from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.pipeline.data.decode import DecodeOptions
+from reldrop.pipeline.data.errors import ON_ERROR
 from reldrop.pipeline.explanation.plan import StagePlan
+from reldrop.pipeline.fields import FieldOption, option, registry_names
 from reldrop.pipeline.simulated import SimulatedDevice
-from reldrop.regularizers import REGULARIZERS
+
+if TYPE_CHECKING:
+    from reldrop.occlusion import OcclusionConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -32,36 +34,20 @@ __all__ = [
     "TrainConfig",
     "explainer_count",
     "option",
+    "registry_names",
 ]
 
 MODES = ("async", "sync", "precomputed")
 STALE_POLICIES = ("pass", "drop", "re-explain")
-ON_ERROR = ("raise", "skip")
 DEFAULT_DATA_DIR = Path(os.environ.get("RELDROP_CACHE", Path.home() / ".cache" / "reldrop"))
 #: help sections, in the order ``reldrop train --help`` shows them
 SECTIONS = ("data", "method", "optimisation", "trainer", "explainer", "staleness", "run")
 
 
-@dataclass(frozen=True)
-class FieldOption:
-    """Command-line metadata of one config field."""
-
-    section: str
-    help: str
-    flag: str | None = None  # default: --field-name
-    aliases: tuple[str, ...] = ()  # older or synonymous spellings (config keys too)
-    choices: Callable[[], Sequence[str]] | None = None  # evaluated lazily: registries fill late
-    parse: Callable[[str], Any] | None = None  # string -> value for custom types
-    cli: bool = True  # False: settable from Python only
-
-    def __post_init__(self) -> None:
-        if self.section not in SECTIONS:
-            raise ValueError(f"section={self.section!r}; expected one of {SECTIONS}")
-
-
-def option(default: Any, section: str, help: str, **kw: Any) -> Any:  # noqa: A002 - argparse's word
-    """A dataclass field with its :class:`FieldOption` in ``metadata["option"]``."""
-    return field(default=default, metadata={"option": FieldOption(section, help, **kw)})
+def _check_section(opt: FieldOption) -> FieldOption:
+    if opt.section not in SECTIONS:
+        raise ValueError(f"section={opt.section!r}; expected one of {SECTIONS}")
+    return opt
 
 
 def explainer_count(text: str) -> int | str:
@@ -82,9 +68,22 @@ class TrainConfig:
     """Everything needed to rerun a training job (``report.json["config"]``)."""
 
     # data
-    train: str | None = option(None, "data", "train data URL ROOT#split (default: the demo DecoyMNIST)")
-    test: str | None = option(None, "data", "in-distribution test data URL")
-    ood_test: str | None = option(None, "data", "out-of-distribution test data URL")
+    train: str | None = option(None, "data", "train data: ROOT or ROOT#split (default split "
+                               "train), or WebDataset shards (brace URL, glob, folder); default: "
+                               "the demo DecoyMNIST")
+    test: str | None = option(None, "data", "in-distribution test data (ROOT[#split], default "
+                              "split test, or shard URLs)")
+    ood_test: str | None = option(None, "data", "out-of-distribution test data (ROOT[#split], "
+                                  "e.g. ROOT#test-ood, or shard URLs)", aliases=("ood-data",))
+    image_key: str | None = option(None, "data", "image member(s) of each sample, e.g. jpg or "
+                                   "'jpg;png' (default: the first of jpg, jpeg, png, webp, npy)")
+    label_key: str | None = option(None, "data", "label member: cls, json or json:FIELD "
+                                   "(default: cls, else json)")
+    image_size: int | None = option(None, "data", "resize the shorter side to N and crop the "
+                                    "centre N x N (default: keep the size)")
+    num_classes: int | None = option(None, "data", "classes, for shards without a manifest "
+                                     "(default: the manifest's, else the first shard's largest "
+                                     "label + 1)")
     limit: int | None = option(None, "data", "use at most N training samples")
     on_error: str = option("raise", "data", "bad sample or shard: raise, or skip and count it",
                            choices=lambda: ON_ERROR)
@@ -94,16 +93,19 @@ class TrainConfig:
     model: str = option("small-cnn", "method",
                         "model: a built-in name, package.module:factory, or torchvision:NAME")
     augment: str = option("reldrop-pixel", "method", "occlusion strategy",
-                          aliases=("strategy",), choices=lambda: sorted(STRATEGIES))
+                          aliases=("strategy",), registry=True,
+                          choices=registry_names("reldrop.occlusion", "STRATEGIES"))
     mode: str = option("async", "method",
                        "async: explainer stage; sync: LRP in the training loop; precomputed",
                        choices=lambda: MODES)
     regularizer: str = option("none", "method", "trainer-side explanation-guided loss",
-                              choices=lambda: sorted(REGULARIZERS))
+                              registry=True,
+                              choices=registry_names("reldrop.regularizers", "REGULARIZERS"))
     reg_lambda: float | None = option(None, "method", "regularizer weight (default: its own)",
                                       flag="lambda", aliases=("reg-lambda",))
     composite: str = option("reference", "method", "LRP composite",
-                            choices=lambda: sorted(COMPOSITES))
+                            registry=True,
+                            choices=registry_names("reldrop.composites", "COMPOSITES"))
     apply_prob: float | None = option(
         None, "method", "probability that a sample (or batch) is occluded (default: the "
         "strategy's own: 0.5, points 1.0)", flag="p", aliases=("apply-prob",))
@@ -198,9 +200,17 @@ class TrainConfig:
         if self.mode == "precomputed" and not self.precomputed:
             raise ValueError("mode='precomputed' needs --precomputed URL (written by `reldrop explain`)")
         self.occlusion()  # validates apply_prob, fill
+        self.decode_options()  # validates the member keys and image size
 
     # ---- derived -------------------------------------------------------------------------
+    def decode_options(self) -> DecodeOptions:
+        """Which members hold image and label, and the image size (for every data URL)."""
+        return DecodeOptions(image_key=self.image_key, label_key=self.label_key,
+                             image_size=self.image_size)
+
     def occlusion(self) -> OcclusionConfig:
+        from reldrop.occlusion import OcclusionConfig  # noqa: PLC0415 (torch)
+
         return OcclusionConfig(strategy=self.augment, p=self.apply_prob, coin=self.coin,
                                fill=self.fill)
 
@@ -221,6 +231,8 @@ class TrainConfig:
     @property
     def needs_explainer(self) -> bool:
         """Whether the pipeline runs model-replica explainer actors (async RelDrop)."""
+        from reldrop.occlusion import STRATEGIES  # noqa: PLC0415 (torch)
+
         return self.mode == "async" and STRATEGIES[self.augment].needs_relevance
 
     @property
@@ -279,6 +291,11 @@ class TrainConfig:
         return asdict(self)
 
 
+for _field in fields(TrainConfig):  # every flag in a known help section
+    if "option" in _field.metadata:
+        _check_section(_field.metadata["option"])
+
+
 def _check_choices(cfg: TrainConfig) -> None:
     for f in fields(cfg):
         opt: FieldOption | None = f.metadata.get("option")
@@ -308,7 +325,8 @@ def _check_numbers(cfg: TrainConfig) -> None:
     for name in ("max_staleness", "max_failures", "shuffle_buffer"):
         if getattr(cfg, name) < 0:
             raise _bad(cfg, name, "an integer >= 0")
-    for name in ("limit", "explainer_batch_size", "num_cpus", "explainers_max"):
+    for name in ("limit", "explainer_batch_size", "num_cpus", "explainers_max", "num_classes",
+                 "image_size"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise _bad(cfg, name, "an integer >= 1 or unset")
     if cfg.num_gpus is not None and cfg.num_gpus < 0:

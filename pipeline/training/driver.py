@@ -50,19 +50,19 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
     root = str(DEFAULT_DATA_DIR / f"{DEMO_DATASET}-seed{seed}")
     ensure_dataset(DEMO_DATASET, root, seed=seed, progress=True)
-    return f"{root}#train", f"{root}#test-id", f"{root}#test"
+    return f"{root}#train", f"{root}#test-id", f"{root}#test-ood"
 
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
     """Model spec from the manifest; per-channel mean/std estimated from the first samples."""
-    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415
+    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415
 
     m = plan.manifest
     if m.modality == "points":
         return ModelSpec(name=cfg.model, in_channels=int(m.input_shape[1]), num_classes=m.num_classes,
                          normalization=Normalization(mean=(0.0,), std=(1.0,)))
     images = []
-    for i, sample in enumerate(iter_samples(plan.root, plan.split, on_error="skip")):
+    for i, sample in enumerate(iter_samples(plan, on_error="skip")):
         images.append(sample["image"])
         if i >= 511:
             break
@@ -178,7 +178,7 @@ def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | 
         train, test, ood = default_data(cfg.seed)
         cfg = replace(cfg, train=train, test=cfg.test or test, ood_test=cfg.ood_test or ood)
     assert cfg.train is not None
-    plan = plan_split(cfg.train, "train", on_error=cfg.on_error)
+    plan = plan_split(cfg.train, "train", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes)
     spec = _spec(cfg, plan)
     init_ray(cfg)
     totals = ray.cluster_resources()
@@ -234,7 +234,7 @@ def _datasets(run: _Run) -> dict[str, Any]:
         datasets[name] = _stage(cfg, rows, run.spec, run.run_id, run.res, epoch)
     for name, url in (("test", cfg.test), ("ood_test", cfg.ood_test)):
         if url:
-            datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error),
+            datasets[name] = read_split(plan_split(url, "test", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes),
                                         on_error=cfg.on_error, read_cpus=run.res.read_cpus)
     return datasets
 

@@ -11,7 +11,7 @@ import torch
 
 from reldrop.augment import RelDrop
 from reldrop.checkpoint import load_checkpoint
-from reldrop.pipeline.data.shards import iter_samples
+from reldrop.pipeline.data.read import iter_samples
 from reldrop.pipeline.data.stream import model_inputs, parse_data_url
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.plots import plot_relevance_grid, plot_training_curves
@@ -35,7 +35,7 @@ def training_figures(
         return paths
     root, split = parse_data_url(url, "test")
     picked = []
-    for sample in iter_samples(root, split, on_error="skip"):
+    for sample in iter_samples(f"{root}#{split}", on_error="skip", decode=cfg.decode_options()):
         if "image" not in sample:  # point clouds: no image grid
             return paths
         picked.append(sample)

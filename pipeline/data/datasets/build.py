@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -152,10 +153,11 @@ def build_dataset(
 
 
 class _Progress:
-    """Per-split progress bars and timings; splits are written one after another."""
+    """Per-split progress bars (only when stderr is a terminal: a log file or CI gets none)
+    and timings; splits are written one after another."""
 
     def __init__(self, sizes: Mapping[str, int], *, show: bool) -> None:
-        self._sizes, self._show = sizes, show
+        self._sizes, self._show = sizes, show and sys.stderr.isatty()
         self._bars: dict[str, Any] = {}
         self._done: dict[str, float] = {}
         self._started = time.perf_counter()

@@ -66,7 +66,7 @@ def _decoy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image with the swatch painted in a corner, and the mask cleared there."""
     canvas, mask = image.copy(), mask.copy()
-    if split in ("train", "val", "test-id"):
+    if split in ("train", "val", "test"):
         code = label
     elif strong:  # any class but the true one
         code = (label + 1 + int(rng.integers(9))) % 10
@@ -93,8 +93,9 @@ def _source(name: str, options: BuildOptions, *, decoy: bool, strong: bool = Fal
     if strong:
         n_val = min(STRONG_VAL, len(train) // 5)
         plan = {"train": train[n_val:], "val": train[:n_val], "test": test}
-    if decoy:
-        plan["test-id"] = test
+    if decoy:  # test: in distribution; test-ood: out of distribution (same digits)
+        plan = {("test-ood" if k == "test" else k): v for k, v in plan.items()}
+        plan["test"] = test
         plan["test-clean"] = test
 
     def make(split: str, indices: np.ndarray, stream: int) -> Iterator[Sample]:
@@ -128,14 +129,15 @@ def mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
 
 @register_dataset("decoy-mnist")
 def decoy_mnist(arg: str | None, options: BuildOptions) -> DatasetSource:
-    """DecoyMNIST on real digits: ``train`` and ``test-id`` (the shade encodes the class),
-    ``test`` (random shade: the out-of-distribution split), ``test-clean`` (no swatch)."""
+    """DecoyMNIST on real digits: ``train`` and ``test`` (the shade encodes the class),
+    ``test-ood`` (random shade: the out-of-distribution split), ``test-clean`` (no swatch).
+    (Datasets built before ``test-ood`` existed call them ``test-id`` and ``test``.)"""
     return _source("decoy-mnist", options, decoy=True)
 
 
 @register_dataset("decoy-mnist-strong")
 def decoy_mnist_strong(arg: str | None, options: BuildOptions) -> DatasetSource:
-    """DecoyMNIST with a decoy the baseline uses: ``train``, ``val``, ``test-id`` (an 8 x 8
-    swatch whose corner and shade encode the class), ``test`` (a wrong class's swatch: out of
-    distribution), ``test-clean`` (no swatch)."""
+    """DecoyMNIST with a decoy the baseline uses: ``train``, ``val``, ``test`` (an 8 x 8
+    swatch whose corner and shade encode the class), ``test-ood`` (a wrong class's swatch: out
+    of distribution), ``test-clean`` (no swatch)."""
     return _source("decoy-mnist-strong", options, decoy=True, strong=True)

@@ -8,7 +8,7 @@ a cross for class 1, ``SHAPE_CONTRAST`` grey levels above the background) and a 
 class 1). The mask marks the shape (its 9 x 9 box), never the distractor.
 
 Splits: ``train`` and ``val`` (in distribution: the distractor agrees with the label; ``val``
-is for model selection), ``test-id`` (in distribution, held out) and ``test`` (out of
+is for model selection), ``test`` (in distribution, held out) and ``test-ood`` (out of
 distribution: the distractor sits on the *other* class's side, so a model that reads it is
 always wrong). A model that uses the shape scores ~1 on both; one that uses the distractor
 scores ~1 in distribution and ~0 out of it.
@@ -36,7 +36,7 @@ from reldrop.pipeline.data.datasets._registry import (
 __all__ = ["NOISE_STD", "SHAPE_CONTRAST", "SIZES", "draw_sample", "shape_pattern"]
 
 #: samples per split (before ``--limit``, which scales them down proportionally)
-SIZES: dict[str, int] = {"train": 2000, "val": 500, "test-id": 500, "test": 500}
+SIZES: dict[str, int] = {"train": 2000, "val": 500, "test": 500, "test-ood": 500}
 NOISE_STD = 25.0
 SHAPE_CONTRAST = 140.0
 _SIDE = 28
@@ -73,14 +73,14 @@ def _split(split: str, n: int, seed: int, stream: int) -> Iterator[Sample]:
     rng = np.random.default_rng([seed, 0x51A7, stream])
     labels = rng.permutation(np.arange(n) % 2)
     for i, label in enumerate(labels):
-        image, mask = draw_sample(int(label), rng, flipped=split == "test")
+        image, mask = draw_sample(int(label), rng, flipped=split == "test-ood")
         yield {"key": f"{split}-{i:05d}", "image": image[None], "label": int(label), "mask": mask}
 
 
 @register_dataset("viviano-synthetic")
 def viviano_synthetic(arg: str | None, options: BuildOptions) -> DatasetSource:
-    """Viviano-style shortcut task: ``train``, ``val``, ``test-id`` (distractor agrees with the
-    label) and ``test`` (distractor flipped: the out-of-distribution split)."""
+    """Viviano-style shortcut task: ``train``, ``val``, ``test`` (distractor agrees with the
+    label) and ``test-ood`` (distractor flipped: the out-of-distribution split)."""
     if options.image_size not in (None, _SIDE):
         raise ValueError(f"viviano-synthetic: image_size must be {_SIDE}; got {options.image_size}")
     total = sum(SIZES.values())
