@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import add_trust_flags, new_parser, parse_with_config
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-every", type=int, default=4, help="publish interval of the main async run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: smallest sizes
+    add_trust_flags(p, model_flag=False)
     return p
 
 

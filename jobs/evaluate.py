@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.jobs._args import add_trust_flags, new_parser, nonneg_int, parse_with_config, positive_int
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="bad sample policy")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-plots", action="store_true", help="write evaluation.json only")
+    add_trust_flags(p, model_flag=True)
     return p
 
 
@@ -53,6 +54,8 @@ def main(args: argparse.Namespace) -> int:
         on_error=args.on_error,
         device=args.device,
         plots=not args.no_plots,
+        model=args.model,
+        trust_model_code=args.trust_model_code,
     )
     for name, metrics in report["datasets"].items():
         occ = metrics["occlusion"]

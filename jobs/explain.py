@@ -7,7 +7,7 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config, positive_int
+from reldrop.jobs._args import add_trust_flags, new_parser, parse_with_config, positive_int
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composite", default="reference", help="LRP composite name")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"))
+    add_trust_flags(p, model_flag=True)
     return p
 
 
@@ -35,6 +36,7 @@ def main(args: argparse.Namespace) -> int:
     summary = explain_dataset(
         args.checkpoint, args.data, out_url=args.out, composite=args.composite,
         batch_size=args.batch_size, on_error=args.on_error,
+        model=args.model, trust_model_code=args.trust_model_code,
     )
     print(json.dumps(summary, indent=2))
     return 0

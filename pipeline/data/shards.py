@@ -359,14 +359,15 @@ def iter_samples(
     *,
     on_error: OnError = "raise",
     report: SkipReport | None = None,
-    verify: bool = False,
+    verify: bool = True,
     shuffle_shards: bool = False,
     seed: int = 0,
     split_by_node: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield decoded samples of ``split``; each sample once across ``DataLoader`` workers.
 
-    ``verify`` checks each shard's sha256 before yielding any of its samples. ``split_by_node``
+    ``verify`` (the default: every read is checked as training's) checks each shard's size and
+    sha256 against the manifest before yielding any of its samples. ``split_by_node``
     also splits shards by ``torch.distributed`` rank (``webdataset.split_by_node``).
     """
     if on_error not in _ON_ERROR:

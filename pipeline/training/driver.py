@@ -22,6 +22,7 @@ from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
+from reldrop.pipeline.preflight import check_training_run
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.report import (
     RunReport,
@@ -143,6 +144,7 @@ def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
     assert cfg.train is not None
     plan = plan_split(cfg.train, "train", on_error=cfg.on_error)
     spec = _spec(cfg, plan)
+    check_training_run(spec, plan.manifest, [cfg.test, cfg.ood_test])  # before Ray starts
     init_ray(cfg)
     totals = ray.cluster_resources()
     res = plan_resources(cfg, cluster_cpus=float(totals.get("CPU", 1)),
