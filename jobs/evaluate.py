@@ -9,7 +9,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import add_trust_flags, new_parser, nonneg_int, parse_with_config, positive_int
+from reldrop.jobs._args import (
+    add_trust_flags,
+    new_parser,
+    nonneg_int,
+    parse_with_config,
+    positive_int,
+)
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
