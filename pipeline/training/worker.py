@@ -25,6 +25,7 @@ from reldrop.pipeline.data.stream import data_error, model_inputs
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.meter import Meter
+from reldrop.pipeline.training.nonfinite import NonFiniteGuard, nonfinite_guard
 from reldrop.pipeline.training.report import WorkerSummary
 from reldrop.pipeline.training.resume import TrainState, load_train_state, save_train_state
 from reldrop.pipeline.training.step import train_step
@@ -51,6 +52,7 @@ class _Worker:
     accounting: BatchAccounting
     meter: Meter
     sync: Any  # WeightSync, or None without explainers
+    nonfinite: NonFiniteGuard
     state: TrainState = field(default_factory=TrainState)
 
 
@@ -72,6 +74,8 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         from reldrop.pipeline.training.weight_sync import WeightSync  # noqa: PLC0415
 
         sync = WeightSync(cfg, loop_config["run_id"], inner, publish=rank == 0, world=world)
+    accounting = BatchAccounting(max_staleness=cfg.max_staleness, stale_policy=cfg.stale_policy,
+                                 record_keys=cfg.record_keys)
     return _Worker(
         cfg=cfg, spec=spec, rank=rank, world=world, model=model, inner=inner,
         device=ray.train.torch.get_device(),
@@ -81,10 +85,10 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         occluder=Occluder(cfg.occlusion()),
         in_loop=RelDrop(inner, cfg.occlusion(), composite=cfg.composite,
                         bounds=spec.normalization.bounds(), seed=cfg.seed),
-        accounting=BatchAccounting(max_staleness=cfg.max_staleness, stale_policy=cfg.stale_policy,
-                                   record_keys=cfg.record_keys),
+        accounting=accounting,
         meter=Meter(rank=rank, world=world, steps_per_epoch=_steps_per_epoch(cfg, loop_config)),
         sync=sync,
+        nonfinite=nonfinite_guard(cfg, lambda: accounting.counts),
     )
 
 
@@ -137,7 +141,8 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
     x, y, masks = _inputs(w, batch, plan, epoch)
     outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
                          placeholder=x[:1] if len(y) else _placeholder(w, batch),
-                         clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None))
+                         clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None),
+                         guard=w.nonfinite.at(epoch=epoch, step=w.state.step + 1))
     if not outcome.stepped:
         return
     w.state.step += 1
