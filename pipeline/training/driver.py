@@ -22,8 +22,10 @@ from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
+from reldrop.pipeline.interrupts import after_ray_init, run_interruptible
 from reldrop.pipeline.preflight import check_training_run
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
+from reldrop.pipeline.training.ray_results import clear_previous_runs
 from reldrop.pipeline.training.report import (
     RunReport,
     WorkerSummary,
@@ -116,6 +118,7 @@ def init_ray(cfg: TrainConfig) -> None:
                  configure_logging=False, runtime_env=runtime_env)
     else:
         ray.init(address=cfg.address, runtime_env=runtime_env)
+    after_ray_init(local=cfg.address is None)  # our SIGTERM handler back; kill -9 watchdog
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -215,6 +218,7 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
     cfg, res = run.cfg, run.res
     storage = (f"{run.remote_out.rstrip('/')}/ray_results" if run.remote_out
                else str(run.out / "ray_results"))
+    clear_previous_runs(storage, keep=f"reldrop-{run.run_id}")  # replaced, not accumulated
     gpus = {"GPU": res.trainer_gpus} if cfg.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker=_train_loop,
@@ -245,7 +249,7 @@ def _fit(run: _Run, trainer: Any) -> tuple[Any, dict[str, Any]]:
         store = WeightStoreClient(run.run_id, max_ahead=run.cfg.max_ahead_samples(), create=True)
     stats: dict[str, Any] = {}
     try:
-        result = trainer.fit()
+        result = run_interruptible(trainer.fit)  # Ctrl-C / SIGTERM reach the job, not Ray Train
     finally:
         if store is not None:
             stats = store.explainer_stats(timeout=5.0)
