@@ -34,7 +34,7 @@ T = TypeVar("T")
 __all__ = ["Terminated", "after_ray_init", "install_handlers", "run_interruptible",
            "start_watchdog"]
 
-_state: dict[str, Any] = {"installed": False, "watchdog": None}
+_state: dict[str, Any] = {"installed": False, "watchdog": False}
 
 
 class Terminated(BaseException):
@@ -60,20 +60,22 @@ def after_ray_init(*, local: bool) -> None:
     if not _state["installed"]:
         return
     install_handlers()
-    if local and _state["watchdog"] is None:
+    if local and not _state["watchdog"]:
         _state["watchdog"] = start_watchdog()
 
 
-def start_watchdog(pid: int | None = None) -> subprocess.Popen[bytes] | None:
-    """A process (in its own session) that ends ``pid``'s descendants once ``pid`` is gone;
-    None where ``/proc`` is not available."""
+def start_watchdog(pid: int | None = None) -> bool:
+    """Start a detached process (own session, not our child) that ends ``pid``'s descendants
+    once ``pid`` is gone; False where ``/proc`` is not available."""
     if not os.path.isdir("/proc/self"):
-        return None
-    return subprocess.Popen(
-        [sys.executable, "-m", "reldrop.pipeline.watchdog", str(pid or os.getpid())],
+        return False
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+    subprocess.run(  # the file itself (stdlib only): no import of reldrop, torch, ray
+        [sys.executable, "-I", script, str(pid or os.getpid()), "--detach"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, close_fds=True,
+        start_new_session=True, close_fds=True, check=False, timeout=60,
     )
+    return True
 
 
 def run_interruptible(fn: Callable[[], T]) -> T:

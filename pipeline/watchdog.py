@@ -1,7 +1,8 @@
 """``python -m reldrop.pipeline.watchdog PID``: end PID's process tree once PID is gone.
 
-Started by :func:`reldrop.pipeline.interrupts.start_watchdog` in its own session, so neither
-a terminal's Ctrl-C nor ``kill -9`` of the driver reaches it. Every half second it records the
+Started by :func:`reldrop.pipeline.interrupts.start_watchdog` in its own session and detached
+(``--detach``: it forks and its parent exits), so neither a terminal's Ctrl-C, ``kill -9`` of
+the driver, nor Ray's clean-up of a dead driver's child processes reaches it. Every half second it records the
 driver's descendants (pid and start time, from ``/proc``); when the driver has exited, it
 sends ``SIGTERM`` to every recorded process still alive (and their descendants), then
 ``SIGKILL`` two seconds later. Start times guard against a recycled pid. Linux only.
@@ -69,7 +70,11 @@ def _signal(pids: list[int], sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    pid = int((argv or sys.argv[1:])[0])
+    args = argv or sys.argv[1:]
+    pid = int(args[0])
+    if "--detach" in args and os.fork() != 0:
+        # not a child of the driver: Ray ends a dead worker's (and driver's) child processes
+        os._exit(0)
     start = _stat(pid)
     if start is None:
         return 0
