@@ -82,3 +82,38 @@ def test_a_model_that_returns_no_logits_is_one_line(tmp_path, data, capsys, monk
                str(tmp_path / "eval"), "--model", "identity_model:make"])
     line = _one_line(capsys)
     assert rc == 2 and "expected N x 3 logits" in line, line
+
+
+@pytest.mark.parametrize(("model", "problem"), [
+    ("os:getcwd", "factory(in_channels=1, num_classes=3) raised TypeError"),
+    ("torchvision:resnet18", None),  # builds and fits: passes the check (no training here)
+])
+def test_model_is_checked_before_ray_starts(tmp_path, data, capsys, monkeypatch, model,
+                                            problem) -> None:
+    """``--model os:getcwd`` used to start Ray and fail after 134 s with 72 lines."""
+    import sys
+
+    from reldrop.pipeline.data.stream import plan_split
+    from reldrop.pipeline.preflight import check_training_run
+    from reldrop.pipeline.training import driver
+
+    if problem is None:
+        plan = plan_split(f"{data}#test", "train", on_error="raise")
+        spec = driver._spec(driver.TrainConfig(model=model, train=f"{data}#test"), plan)
+        check_training_run(spec, plan.manifest, [f"{data}#test"])
+        return
+    rc = main(["train", "--model", model, "--train", f"{data}#test", "--out",
+               str(tmp_path / "run"), "--num-cpus", "1"])
+    line = _one_line(capsys)
+    assert rc == 2 and problem in line, line
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+
+
+def test_test_set_of_another_kind_is_refused_before_ray(tmp_path, data, capsys) -> None:
+    other = str(tmp_path / "other")
+    write_dataset(other, {"test": _samples(4, 1, channels=3)}, dataset="rgb", num_classes=3)
+    rc = main(["train", "--train", f"{data}#test", "--test", f"{other}#test", "--out",
+               str(tmp_path / "run")])
+    line = _one_line(capsys)
+    assert rc == 2 and "use data of one kind" in line, line
