@@ -6,6 +6,7 @@ loop is :mod:`.worker`; the report is assembled in :mod:`.report`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -25,8 +26,10 @@ from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.interrupts import after_ray_init, run_interruptible
 from reldrop.pipeline.preflight import check_training_run
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
+from reldrop.pipeline.training.console import run_console
 from reldrop.pipeline.training.ray_results import clear_previous_runs
 from reldrop.pipeline.training.report import (
+    WORKERS_FILE,
     RunReport,
     WorkerSummary,
     assemble_report,
@@ -40,6 +43,8 @@ __all__ = [
 ]
 
 DEMO_DATASET = "decoy-mnist"
+#: everything a run's processes print beyond its own lines (see :mod:`.console`)
+LOG_FILE = "run.log"
 
 
 def default_data(seed: int = 0) -> tuple[str, str, str]:
@@ -74,24 +79,51 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
 def _stage(
     cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources, epoch: int
 ) -> Any:
-    """Append the explainer stage (async: model replicas; precomputed/baselines: no model)."""
+    """Append the model-free stage (random baselines, precomputed relevance); async RelDrop
+    explains in the trainers' hand-off instead (:func:`_start_explainers`)."""
     from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
 
-    if not cfg.has_stage:
+    if not cfg.has_stage or cfg.needs_explainer:
         return ds
-    stage = StageConfig(
-        run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
-        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
-        max_ahead=cfg.max_ahead_samples(), threads=max(1, int(round(res.explainer_cpus))),
-        seed=cfg.seed, device="cuda" if res.explainer_gpus > 0 else "cpu",
-        key_column="key", epoch=epoch,
-    )
-    low, high = (res.explainers_min, res.explainers_max) if cfg.needs_explainer else (1, 1)
+    stage = _stage_config(cfg, spec, run_id, res, epoch=epoch)
     return append_stage(
         ds, stage, batch_size=cfg.stage_batch_size,
-        compute=pool_strategy((low, high), cpus=res.explainer_cpus, gpus=res.explainer_gpus),
+        compute=pool_strategy(1, cpus=res.explainer_cpus, gpus=res.explainer_gpus),
         cpus=res.explainer_cpus, gpus=res.explainer_gpus,
         resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
+    )
+
+
+def _stage_config(cfg: TrainConfig, spec: ModelSpec, run_id: str, res: Resources,
+                  epoch: int = 0) -> StageConfig:
+    return StageConfig(
+        run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
+        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
+        threads=max(1, int(round(res.explainer_cpus))), seed=cfg.seed,
+        device="cuda" if res.explainer_gpus > 0 else "cpu", key_column="key", epoch=epoch,
+    )
+
+
+def _explainer_count(run: _Run) -> int:
+    """Explainer actors of the run: ``--explainers``, or for ``auto`` what the free resources
+    hold (at least one per trainer)."""
+    if not run.cfg.needs_explainer:
+        return 0
+    return max(run.res.explainers_max, run.cfg.trainers)
+
+
+def _start_explainers(run: _Run) -> list[Any]:
+    """The run's explainer actors, started once (they load while Ray Train starts)."""
+    from reldrop.pipeline.explanation.pool import start_explainers  # noqa: PLC0415
+
+    if not run.cfg.needs_explainer:
+        return []
+    cfg, res = run.cfg, run.res
+    return start_explainers(
+        run.run_id, _stage_config(cfg, run.spec, run.run_id, res), count=_explainer_count(run),
+        cpus=res.explainer_cpus, gpus=res.explainer_gpus,
+        resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
+        device=cfg.simulated_device(),
     )
 
 
@@ -135,12 +167,17 @@ class _Run:
     remote_out: str | None  # where they are uploaded, if ``cfg.out`` is a URL
 
 
-def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
-    import ray  # noqa: PLC0415
-
+def _output_dir(cfg: TrainConfig) -> tuple[Path, str | None]:
+    """The local directory for the run's files, and the URL they are uploaded to (if any)."""
     remote_out = cfg.out if _is_remote(cfg.out) else None
     out = (Path(tempfile.mkdtemp(prefix="reldrop-out-")) if remote_out
            else Path(cfg.out.removeprefix("file://")).absolute())
+    return out, remote_out
+
+
+def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | None) -> _Run:
+    import ray  # noqa: PLC0415
+
     if cfg.train is None:
         train, test, ood = default_data(cfg.seed)
         cfg = replace(cfg, train=train, test=cfg.test or test, ood_test=cfg.ood_test or ood)
@@ -157,16 +194,18 @@ def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
 
 def _banner(run: _Run) -> str:
     cfg, res = run.cfg, run.res
-    explainers = (f"{res.explainers_min}-{res.explainers_max}" if res.autoscaling
-                  else str(res.explainers_max)) if cfg.needs_explainer else "0"
+    explainers = str(_explainer_count(run))
+    sim = cfg.simulated_device()
+    simulated = (f"; SIMULATED device: step {cfg.simulate_step_ms} ms, LRP {cfg.simulate_lrp_ms} "
+                 f"ms per {cfg.batch_size} rows" if sim.active else "")
     return (
         f"[reldrop] run {run.run_id}: {cfg.mode} {cfg.augment} on {cfg.model}, "
         f"{run.plan.num_samples} train samples in {len(run.plan.urls)} shards; "
         f"{cfg.trainers} trainer(s) x {res.trainer_cpus:g} CPU {res.trainer_gpus:g} GPU, "
         f"{explainers} explainer(s) x {res.explainer_cpus:g} CPU {res.explainer_gpus:g} GPU, "
         f"reads {res.read_cpus:g} CPU; cluster {res.cluster_cpus:g} CPU {res.cluster_gpus:g} GPU; "
-        f"sync every {cfg.sync_every} steps, staleness bound {cfg.staleness_bound()} steps "
-        f"(gate admits {cfg.max_ahead_samples()} rows ahead)"
+        f"publish every {cfg.sync_every} step(s), staleness bound {cfg.staleness_bound()} "
+        f"steps (batches sent {cfg.handoff_depth} steps ahead){simulated}"
     )
 
 
@@ -227,6 +266,7 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
             "train_sets": train_set_names(cfg),
             "eval_sets": [k for k in ("test", "ood_test") if k in datasets],
             "train_samples": min(run.plan.num_samples, cfg.limit or run.plan.num_samples),
+            "explainers": _explainer_count(run),
         },
         scaling_config=ScalingConfig(num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": res.trainer_cpus, **gpus}),
@@ -240,23 +280,37 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
     )
 
 
-def _fit(run: _Run, trainer: Any) -> tuple[Any, dict[str, Any]]:
-    """Train; return Ray's result and the explainers' counters (the store is removed after)."""
-    store = None
-    if run.cfg.needs_explainer:
-        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
-
-        store = WeightStoreClient(run.run_id, max_ahead=run.cfg.max_ahead_samples(), create=True)
+def _fit(run: _Run, trainer: Any, explainers: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """Train; return Ray's result and the explainers' counters (the explainers end after)."""
     stats: dict[str, Any] = {}
     try:
         result = run_interruptible(trainer.fit)  # Ctrl-C / SIGTERM reach the job, not Ray Train
     finally:
-        if store is not None:
-            stats = store.explainer_stats(timeout=5.0)
-            store.kill()
-    if result.metrics is None or result.checkpoint is None or not result.metrics.get("workers"):
+        stats = _explainer_stats(explainers)
+    if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"training run {run.run_id} finished without a final report: {result.error}")
     return result, stats
+
+
+def _workers(result: Any) -> list[WorkerSummary]:
+    """Every worker's summary, from the final checkpoint (see ``WORKERS_FILE``)."""
+    with result.checkpoint.as_directory() as ckpt_dir:
+        data = json.loads((Path(ckpt_dir) / WORKERS_FILE).read_text())
+    return [WorkerSummary.from_json(w) for w in data]
+
+
+def _explainer_stats(explainers: list[Any]) -> dict[str, Any]:
+    """Each explainer's counters (``{}`` for one that does not answer), then stop them all."""
+    import ray  # noqa: PLC0415
+
+    stats: dict[str, Any] = {}
+    for i, actor in enumerate(explainers):
+        try:
+            stats[f"explainer-{i}"] = ray.get(actor.stats.remote(), timeout=5.0)
+        except ray.exceptions.RayError:
+            stats[f"explainer-{i}"] = {}
+        ray.kill(actor)
+    return stats
 
 
 def run_training(
@@ -265,22 +319,32 @@ def run_training(
     """Train per ``cfg``; write ``report.json``, the checkpoint and plots to ``cfg.out``;
     return the report's content."""
     start = time.perf_counter()
-    run = _prepare(cfg, run_id)
+    out, remote_out = _output_dir(cfg)
+    with run_console(out / LOG_FILE):
+        run = _prepare(cfg, run_id, out, remote_out)
+        if verbose:
+            print(_banner(run), flush=True)
+        report = _train(run, start)
     if verbose:
-        print(_banner(run), flush=True)
-    result, explainer_stats = _fit(run, _trainer(run, _datasets(run)))
+        print(summary_table(report), flush=True)
+    return report.to_json()
+
+
+def _train(run: _Run, start: float) -> RunReport:
+    """Explainers, Ray Train, the report and the run's files."""
+    explainers = _start_explainers(run)
+    result, explainer_stats = _fit(run, _trainer(run, _datasets(run)), explainers)
     report = assemble_report(
         config=run.cfg.to_json(), run_id=run.run_id, model_spec=run.spec.to_json(),
-        workers=[WorkerSummary.from_json(w) for w in result.metrics["workers"]],
+        workers=_workers(result),
         skipped_shards=list(run.plan.skipped_shards), explainer_stats=explainer_stats,
         staleness_bound=run.cfg.staleness_bound() if run.cfg.needs_explainer else None,
+        simulated=run.cfg.simulated_device().to_json(),
         cluster={"cpus": run.res.cluster_cpus, "gpus": run.res.cluster_gpus,
                  "explainer_cpus": run.res.explainer_cpus, "resources": run.res.to_json()},
     )
     _write_outputs(run, result, report, start)
-    if verbose:
-        print(summary_table(report), flush=True)
-    return report.to_json()
+    return report
 
 
 def _write_outputs(run: _Run, result: Any, report: RunReport, start: float) -> None:
@@ -288,7 +352,8 @@ def _write_outputs(run: _Run, result: Any, report: RunReport, start: float) -> N
     run.out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt_dir:
         shutil.copyfile(Path(ckpt_dir) / "model.safetensors", checkpoint)
-    report.paths = {"checkpoint": str(checkpoint), "report": str(run.out / "report.json")}
+    report.paths = {"checkpoint": str(checkpoint), "report": str(run.out / "report.json"),
+                    "log": str(run.out / LOG_FILE)}
     report.paths.update(_plots(run.out, report, checkpoint, run.cfg))
     report.wall_s = time.perf_counter() - start
     if run.remote_out:
