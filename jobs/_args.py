@@ -30,6 +30,7 @@ from reldrop.pipeline.data.storage import parse_storage_options
 
 __all__ = [
     "MAX_CONFIG_BYTES",
+    "add_trust_flags",
     "CheckedNumber",
     "LazyChoices",
     "finite_float",
@@ -171,6 +172,35 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "credentials",
     )
     return parser
+
+
+def add_trust_flags(parser: argparse.ArgumentParser, *, model_flag: bool) -> None:
+    """``--trust-model-code`` (and, with ``model_flag``, ``--model``) for a job that loads a
+    model a file names: a checkpoint, config file or report naming an import-path model
+    (``package.module:factory``) is refused unless the user names it with ``--model`` or passes
+    ``--trust-model-code`` (:func:`reldrop.models.check_model_trust`)."""
+    if model_flag:
+        parser.add_argument(
+            "--model", default=None,
+            help="the model the checkpoint must hold; naming an import-path model "
+            "(package.module:factory) here allows the checkpoint to import it",
+        )
+    parser.add_argument(
+        "--trust-model-code", action="store_true",
+        help="allow files (checkpoints, config files) to name import-path models "
+        "(package.module:factory), which imports and runs that code",
+    )
+
+
+def _check_file_model(defaults: dict[str, Any], pre: argparse.Namespace) -> None:
+    """A config file may not name an import-path model unless the command line does too;
+    nothing is imported before this check."""
+    from reldrop.models import check_model_trust  # noqa: PLC0415
+
+    name = defaults.get("model")
+    if isinstance(name, str):
+        check_model_trust(name, source="key 'model'", named=getattr(pre, "model", None),
+                          trusted=bool(getattr(pre, "trust_model_code", False)))
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -385,6 +415,7 @@ def parse_with_config(
             parser.error(str(err))
         try:
             defaults = _config_defaults(parser, values)
+            _check_file_model(defaults, pre)
         except (TypeError, ValueError) as err:
             fail(str(err))
         for action in required:

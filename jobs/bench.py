@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import add_trust_flags, new_parser, parse_with_config
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--explainers", type=int, default=3, help="explainer actors")
     sim.add_argument("--nodes", type=int, default=1, help="simulated nodes on this machine")
     sim.add_argument("--steps", type=int, default=60, help="trainer steps per run")
+    add_trust_flags(p, model_flag=False)
     return p
 
 

@@ -32,9 +32,15 @@ COMMANDS: dict[str, str] = {
 #: manifest errors, ``pyarrow.ArrowInvalid``), wrong types, files (``OSError``), missing extras.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
 
-_MAX_LINE = 2000
+#: the one line is cut in the middle beyond this (its start names the input, its end the fix)
+_MAX_LINE = 300
 #: ``ValueError: `` / ``reldrop.pipeline.data.codecs.SampleError: `` inside a traceback's text
 _CLASS_PREFIX = re.compile(r"\b[\w.]*(?:Error|Exception): ")
+#: what Ray Data appends to a task's exception after retrying it ("Failed to apply UDF
+#: transform after 1/4 attempts ... configure `ray.data.DataContext` ...")
+_RAY_SUFFIX = re.compile(r"\n\s*Failed to [^\n]* after \d+/\d+ attempts.*", re.S)
+#: exit codes of an interrupted job (128 + signal number, as a shell reports them)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
 def _is_ray_wrapper(err: BaseException) -> bool:
@@ -69,8 +75,11 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= _MAX_LINE else line[: _MAX_LINE - 3] + "..."
+    line = " ".join(_RAY_SUFFIX.sub("", text).split())
+    if len(line) <= _MAX_LINE:
+        return line
+    head = _MAX_LINE * 2 // 3
+    return f"{line[:head]} ... {line[-(_MAX_LINE - head - 5):]}"
 
 
 def _data_line(err: BaseException) -> str | None:
@@ -117,13 +126,48 @@ def run(command: str, argv: Sequence[str] | None = None) -> int:
     return _run(command, list(sys.argv[1:] if argv is None else argv), own_process=own_process)
 
 
+def _interrupted(command: str, args: object, signal_name: str) -> str:
+    """``reldrop train: interrupted (SIGINT) at epoch 2 step 17; partial outputs in runs/a``:
+    where the newest epoch checkpoint says the run was, as close as the driver knows."""
+    out = getattr(args, "out", None)
+    where = ""
+    if command == "train" and out:
+        from reldrop.pipeline.training.ray_results import last_checkpoint  # noqa: PLC0415
+
+        last = last_checkpoint(out)
+        if last is not None:
+            where = f" in epoch {last['epochs'] + 1} after step {last['step']} (last checkpoint)"
+        else:
+            where = " in epoch 1 (no checkpoint yet)"
+    partial = f"; partial outputs in {out}" if out else ""
+    return f"reldrop {command}: interrupted ({signal_name}){where}{partial}"
+
+
 def _run(command: str, argv: list[str], *, own_process: bool) -> int:
     module = importlib.import_module(f"reldrop.jobs.{COMMANDS[command]}")
     debug = "--debug" in argv
+    args: object = None
+    if own_process:
+        from reldrop.pipeline.interrupts import install_handlers  # noqa: PLC0415
+
+        install_handlers()
     try:
         args = module.parse_args(argv)
         debug = debug or bool(getattr(args, "debug", False))
         return int(module.main(args) or 0)
+    except (KeyboardInterrupt, _terminated()) as err:
+        if not own_process:
+            raise
+        if debug:
+            traceback.print_exc()
+        code = EXIT_SIGINT if isinstance(err, KeyboardInterrupt) else EXIT_SIGTERM
+        try:
+            _stop_ray()  # the local cluster this job started goes with it
+        except (KeyboardInterrupt, _terminated()):
+            pass
+        print(_interrupted(command, args, "SIGINT" if code == EXIT_SIGINT else "SIGTERM"),
+              file=sys.stderr, flush=True)
+        return code
     except Exception as err:
         line = user_error_line(err)
         if line is None:
@@ -167,6 +211,12 @@ def version() -> str:
     import reldrop  # noqa: PLC0415
 
     return f"reldrop {reldrop.__version__}"
+
+
+def _terminated() -> type[BaseException]:
+    from reldrop.pipeline.interrupts import Terminated  # noqa: PLC0415
+
+    return Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:

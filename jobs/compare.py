@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import add_trust_flags, new_parser, parse_with_config
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=_json_object, default={},
                    help="--staleness: the RelDrop strategy's settings as a JSON object "
                    "(default: its own defaults)")
+    add_trust_flags(p, model_flag=False)
     return p
 
 

@@ -41,6 +41,7 @@ def main(args: argparse.Namespace) -> int:
         composite=cfg.composite, limit=cfg.limit, seed=cfg.seed,
         on_error=cfg.on_error,  # type: ignore[arg-type]
         device=cfg.device, plots=cfg.plots, decode=cfg.decode_options(),
+        model=cfg.model, trust_model_code=cfg.trust_model_code,
     )
     for name, metrics in report["datasets"].items():
         occ = metrics["occlusion"]

@@ -38,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
     summary = explain_dataset(
         cfg.checkpoint, cfg.data, out_url=cfg.out, composite=cfg.composite,
         batch_size=cfg.batch_size, on_error=cfg.on_error,
+        model=cfg.model, trust_model_code=cfg.trust_model_code,
     )
     print(json.dumps(summary, indent=2))
     return 0

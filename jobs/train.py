@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config
+from reldrop.jobs._args import add_trust_flags, new_parser, parse_with_config
 from reldrop.jobs._flags import add_config_flags
 from reldrop.pipeline.data.storage import configure_storage
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = new_parser("reldrop train", __doc__ or "")
     add_config_flags(parser, TrainConfig)
+    add_trust_flags(parser, model_flag=False)
     return parser
 
 

@@ -81,6 +81,12 @@ class ExplainConfig:
     out: str | None = option(None, "data", "root URL for the column shards (default: ROOT)")
     composite: str = _composite()
     batch_size: int = option(64, "method", "samples per LRP batch", minimum=1)
+    model: str | None = option(
+        None, "method", "the model the checkpoint must hold; naming an import-path model "
+        "(package.module:factory) here allows the checkpoint to import it")
+    trust_model_code: bool = option(
+        False, "method", "allow files (checkpoints, config files) to name import-path models "
+        "(package.module:factory), which imports and runs that code")
     on_error: str = _on_error()
 
     def __post_init__(self) -> None:
@@ -107,6 +113,12 @@ class EvaluateConfig:
     on_error: str = _on_error()
     composite: str = _composite()
     batch_size: int = option(128, "method", "samples per batch", minimum=1)
+    model: str | None = option(
+        None, "method", "the model the checkpoint must hold; naming an import-path model "
+        "(package.module:factory) here allows the checkpoint to import it")
+    trust_model_code: bool = option(
+        False, "method", "allow files (checkpoints, config files) to name import-path models "
+        "(package.module:factory), which imports and runs that code")
     seed: int = option(0, "method", "seed of the random occlusion order", minimum=0)
     device: str = option("cpu", "run", "torch device, e.g. cpu or cuda")
     out: str = option("runs/evaluate", "run", "output directory")

@@ -12,10 +12,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reldrop.models import build_model
+from reldrop.models import build_model, check_model_trust
 from reldrop.normalization import Normalization
 
-__all__ = ["ModelSpec", "load_checkpoint", "load_numpy_state", "save_checkpoint", "state_to_numpy"]
+__all__ = [
+    "ModelSpec",
+    "load_checkpoint",
+    "load_numpy_state",
+    "read_checkpoint",
+    "save_checkpoint",
+    "state_to_numpy",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,11 +65,12 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`.
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelSpec, dict[str, Any]]:
+    """The tensors, model spec and extra JSON of a checkpoint, **without** building the model
+    (nothing the file names is imported).
 
-    A file that is not safetensors, lacks the model spec, does not fit the model or holds a
-    non-finite weight (a diverged run) is a ``ValueError`` naming the file (and the tensor).
+    A file that is not safetensors, lacks the model spec or holds a non-finite weight (a
+    diverged run) is a ``ValueError`` naming the file (and the tensor).
     """
     from safetensors import SafetensorError, safe_open
 
@@ -83,14 +91,39 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, A
         extra = json.loads(meta.get("extra", "{}"))
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{where}: its model spec is not valid ({err!r})") from err
+    if not isinstance(extra, dict):
+        raise ValueError(f"{where}: its extra metadata is a {type(extra).__name__}, not a mapping")
     _check_finite(state, where)
-    model = spec.build()
+    return state, spec, extra
+
+
+def load_checkpoint(
+    path: str | Path, *, model: str | None = None, trust_model_code: bool = False
+) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the model from a checkpoint written by :func:`save_checkpoint`: the one loader
+    of every job (evaluate, explain, figures, compare).
+
+    A checkpoint whose model is an import path (``package.module:factory``) is refused before
+    anything is imported unless the caller names the same model (``model``, the user's
+    ``--model``) or passes ``trust_model_code`` (:func:`reldrop.models.check_model_trust`);
+    ``model`` naming a different model than the checkpoint is an error too. Other problems
+    are a ``ValueError`` naming the file, as :func:`read_checkpoint`.
+    """
+    state, spec, extra = read_checkpoint(path)
+    where = f"checkpoint {str(path)!r}"
+    if model is not None and model != spec.name:
+        raise ValueError(f"{where} holds model {spec.name!r}, but --model names {model!r}; "
+                         "drop --model or pass the checkpoint of that model")
+    check_model_trust(spec.name, source=where, named=model, trusted=trust_model_code)
+    built = spec.build()
     try:
-        model.load_state_dict(state)
+        built.load_state_dict(state)
     except RuntimeError as err:
         problem = " ".join(str(err).split())
+        if len(problem) > 160:
+            problem = problem[:157] + "..."
         raise ValueError(f"{where} does not fit model {spec.name!r}: {problem}") from err
-    return model, spec, extra
+    return built, spec, extra
 
 
 def _check_finite(state: dict[str, torch.Tensor], where: str) -> None:

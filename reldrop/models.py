@@ -21,7 +21,18 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from reldrop.registry import Registry
 
-__all__ = ["MLP", "MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model", "resolve_model"]
+__all__ = [
+    "MLP",
+    "MODELS",
+    "PointNet",
+    "SmallResNet18",
+    "SmallVGG",
+    "UntrustedModelError",
+    "build_model",
+    "check_model_trust",
+    "is_import_path",
+    "resolve_model",
+]
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -199,6 +210,37 @@ def _import_factory(name: str) -> ModelFactory:
     if not callable(target):
         raise ValueError(f"model={name!r}: {attr!r} is a {type(target).__name__}, not a callable factory")
     return target  # type: ignore[no-any-return]
+
+
+class UntrustedModelError(ValueError):
+    """A file (checkpoint, config, report) names an import-path model the user did not name."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` is ``package.module:factory``: resolving it imports and runs code.
+
+    Built-in names and ``torchvision:ARCH`` run nothing but reldrop's and torchvision's own code.
+    """
+    return (isinstance(name, str) and name not in MODELS and ":" in name
+            and not name.startswith("torchvision:"))
+
+
+def check_model_trust(name: str, *, source: str, named: str | None = None,
+                      trusted: bool = False) -> None:
+    """Refuse an import-path model that ``source`` (a file) names, before anything is imported.
+
+    Resolving ``package.module:factory`` imports that module and calls the factory, so a
+    downloaded checkpoint or config could run any code on the ``PYTHONPATH`` (or in the current
+    directory). It is allowed only when the user named the same model themselves (``named``,
+    from ``--model``) or opted in for all files (``trusted``, ``--trust-model-code``, in the
+    spirit of Hugging Face's ``trust_remote_code``). Built-in and ``torchvision:`` names pass.
+    """
+    if not is_import_path(name) or trusted or named == name:
+        return
+    raise UntrustedModelError(
+        f"{source} names model {name!r}, an import path: loading it would import and run that "
+        f"code; if you trust it, pass --model {name} (or --trust-model-code)"
+    )
 
 
 def resolve_model(name: str) -> ModelFactory:

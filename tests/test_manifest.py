@@ -127,3 +127,26 @@ def test_manifest_is_written_by_rename_and_leaves_no_temporary(tmp_path, monkeyp
     assert (tmp_path / "ds" / "manifest.parquet").read_bytes() == before
     assert not [p for p in (tmp_path / "ds").iterdir() if ".tmp-" in p.name]
     assert read_manifest(root).num_samples("train") == 7
+
+
+@pytest.mark.parametrize("name", [
+    "%2e%2e/d/test-000000.tar", "%2E%2E%2Ftest-000000.tar", "..%2ftest-000000.tar",
+    "test-000000.tar%00.tar", "..\\test-000000.tar", "a\\..\\test-000000.tar",
+    "\uff0e\uff0e/test-000000.tar", "./test-000000.tar", "d//test-000000.tar",
+    ".hidden.tar", "test-000000.tar\n", "test..tar",
+])
+def test_disguised_parent_steps_in_shard_names_are_refused(tmp_path, name) -> None:
+    """Issue 24: an HTTP root read ``%2e%2e/d/test-000000.tar`` outside the dataset; any name
+    but a plain ``<split>-NNNNNN.tar`` segment is refused for every protocol, not decoded."""
+    import pyarrow.parquet as pq
+
+    root = str(tmp_path / "ds")
+    _build(root)
+    table = pq.read_table(f"{root}/manifest.parquet")
+    shards = table.column("shard").to_pylist()
+    shards[0] = name
+    table = table.set_column(table.column_names.index("shard"), "shard",
+                             __import__("pyarrow").array(shards))
+    pq.write_table(table, f"{root}/manifest.parquet")
+    with pytest.raises(ValueError, match="not a plain '<split>-NNNNNN.tar' name"):
+        read_manifest(root)

@@ -123,7 +123,7 @@ def test_factory_by_import_path_trains_with_reldrop(factory_module, tmp_path):
         losses.append(float(loss.detach()))
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     path = save_checkpoint(tmp_path / "own.safetensors", model, spec)
-    loaded, loaded_spec, _ = load_checkpoint(path)
+    loaded, loaded_spec, _ = load_checkpoint(path, model="my_factories:make")  # named: trusted
     assert loaded_spec.name == "my_factories:make" and type(loaded).__name__ == "Tiny"
     model.eval()
     loaded.eval()

@@ -43,8 +43,9 @@ for tag, model in (("own", "usermodels:make"), ("tv", "torchvision:resnet18")):
     assert main(["train", "--train", f"{data}#train", "--test", f"{data}#test", "--model", model,
                  "--mode", "async", "--epochs", "1", "--batch-size", "32", "--num-cpus", "2",
                  "--out", run]) == 0
+    # an import-path model in a checkpoint loads only when named again (issue 24)
     assert main(["evaluate", "--checkpoint", f"{run}/model.safetensors", "--data",
-                 f"{data}#test", "--out", f"{run}/eval", "--no-plots"]) == 0
+                 f"{data}#test", "--out", f"{run}/eval", "--no-plots", "--model", model]) == 0
 '''
 
 

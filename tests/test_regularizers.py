@@ -496,17 +496,19 @@ def test_isnet_all_classes_is_the_mean_over_class_heatmaps() -> None:
     torch.testing.assert_close(out.penalty, torch.stack(pens).mean())
 
 
-def test_isnet_clips_gradients_others_do_not() -> None:
+def test_isnet_and_input_gradient_penalties_clip_others_do_not() -> None:
     model = TinyNet()
     x, t, m = _batch()
     isnet = make_regularizer("isnet")
-    assert isnet.clip_grad_norm == 1.0 and make_regularizer("rrr").clip_grad_norm is None
+    assert isnet.clip_grad_norm == 1.0 and make_regularizer("actdiff").clip_grad_norm is None
+    # issue 24: gradmask and rrr clip at 1.0 by default (they diverged under SGD without)
+    assert make_regularizer("gradmask").clip_grad_norm == make_regularizer("rrr").clip_grad_norm == 1.0
     out = isnet(model, x, t, m)
     (out.loss * 1e4).backward()
     before = isnet.clip_gradients(model)
     after = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
     assert before is not None and before > 1.0 and float(after) == pytest.approx(1.0, rel=1e-4)
-    assert make_regularizer("rrr").clip_gradients(model) is None
+    assert make_regularizer("rrr", clip_grad_norm=None).clip_gradients(model) is None
     assert make_regularizer("isnet", clip_grad_norm=None).clip_grad_norm is None
 
 

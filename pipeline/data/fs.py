@@ -103,8 +103,10 @@ def join_url(root_url: str, *names: str) -> str:
     """``root_url`` joined with relative ``names`` by ``/`` (keeps the protocol)."""
     url = root_url.rstrip("/") if root_url not in ("/",) else root_url
     for name in names:
-        if not name or name.startswith("/") or ".." in name.split("/"):
-            raise ValueError(f"name {name!r} must be a relative path without '..'")
+        if (not name or name.startswith("/") or ".." in name.split("/") or "%" in name
+                or "\\" in name or not name.isprintable()):
+            raise ValueError(f"name {name!r} must be a relative path without '..', '%' escapes, "
+                             "backslashes or control characters")
         url = f"{url}/{name}"
     return url
 

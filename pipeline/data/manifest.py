@@ -13,6 +13,7 @@ complete manifest or none, never a truncated file.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,7 @@ __all__ = [
     "ManifestError",
     "Manifest",
     "ShardInfo",
+    "check_shard_name",
     "has_manifest",
     "read_manifest",
     "shard_name",
@@ -43,6 +45,26 @@ _COLUMNS = (
     "split", "shard", "url", "num_samples", "num_bytes", "sha256", "dataset", "modality",
     "input_shape", "dtype", "num_classes", "class_names", "has_mask",
 )
+
+
+#: a shard name is one plain path segment: what :func:`shard_name` writes, nothing a URL, a
+#: filesystem or a web server could read as a directory step (``%2e%2e``, ``..``, ``\\``, ``/``)
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*\.tar")
+
+
+def check_shard_name(name: object) -> str:
+    """``name`` if it is a plain ``{split}-{index}.tar`` segment; else a ``ValueError``.
+
+    Names come from the manifest, a file anyone may have written: ``..`` and absolute paths
+    were always refused, and so is every disguise (percent-encoding, backslashes, control or
+    non-ASCII characters, empty segments) for every protocol, rather than decoded.
+    """
+    if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"shard {name!r} in the manifest is not a plain '<split>-NNNNNN.tar' name (no '/', "
+            "'..', '%' escapes or other path characters); rebuild it with `reldrop make-shards`"
+        )
+    return name
 
 
 class ChecksumError(ValueError):
@@ -81,8 +103,9 @@ class ShardInfo:
     sha256: str
 
     def __post_init__(self) -> None:
-        if not self.shard.endswith(".tar") or self.shard.startswith("/"):
-            raise ValueError(f"shard {self.shard!r} must be a relative name ending in .tar")
+        check_shard_name(self.shard)
+        if not isinstance(self.split, str) or not self.split or "/" in self.split:
+            raise ValueError(f"shard {self.shard!r}: split {self.split!r} is not a plain name")
         if self.num_samples < 0 or self.num_bytes < 0:
             raise ValueError(f"shard {self.shard!r}: counts must be >= 0")
         if len(self.sha256) != 64:

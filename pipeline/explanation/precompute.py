@@ -31,6 +31,14 @@ def _explain(model: torch.nn.Module, spec: Any, batch: list[dict[str, Any]], com
     return relevance(model, x, y, composite=composite, bounds=spec.normalization.bounds()).numpy()
 
 
+def _preflight(model: torch.nn.Module, spec: Any, checkpoint: str, manifest: Any) -> None:
+    from reldrop.pipeline.preflight import check_model_output, check_spec_fits  # noqa: PLC0415
+
+    where = f"checkpoint {checkpoint!r}"
+    check_spec_fits(spec, manifest, where=where)
+    check_model_output(model, spec, manifest.input_shape, where=where)
+
+
 def _by_shard(samples: Iterable[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """Consecutive samples grouped by the shard they came from."""
     for url, group in itertools.groupby(samples, key=lambda s: s["url"]):
@@ -45,24 +53,28 @@ def explain_dataset(
     composite: str = "reference",
     batch_size: int = 64,
     on_error: str = "raise",
+    model: str | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Write float16 relevance for every sample of ``data_url`` (``ROOT#split``, default
     ``train``), one column shard per data shard; return a summary (shards, samples,
-    samples/s, skipped)."""
+    samples/s, skipped). ``model`` / ``trust_model_code``: see
+    :func:`reldrop.checkpoint.load_checkpoint`."""
     from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
 
     root, split = parse_data_url(data_url, "train")
     out_url = out_url or root
     index_of = {url: i for i, url in enumerate(read_manifest(root).shard_urls(split))}
-    model, spec, _ = load_checkpoint(checkpoint)
-    model.eval()
+    net, spec, _ = load_checkpoint(checkpoint, model=model, trust_model_code=trust_model_code)
+    _preflight(net, spec, checkpoint, read_manifest(root))
+    net.eval()
     report = SkipReport()
     start = time.perf_counter()
     written: list[str] = []
     samples = 0
     stream = iter_samples(root, split, on_error=on_error, report=report)  # type: ignore[arg-type]
     for url, group in _by_shard(stream):
-        chunks = [_explain(model, spec, group[i : i + batch_size], composite)
+        chunks = [_explain(net, spec, group[i : i + batch_size], composite)
                   for i in range(0, len(group), batch_size)]
         written.append(write_columns(out_url, split, index_of[url], [s["key"] for s in group],
                                      {"relevance": np.concatenate(chunks).astype(np.float16)}))

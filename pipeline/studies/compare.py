@@ -165,7 +165,7 @@ def run_method(
     report = run_training(tcfg, verbose=False)
     evaluation = evaluate_checkpoint(report["paths"]["checkpoint"], test, out_dir=out / "evaluation",
                                      composite=tcfg.composite, limit=cfg.eval_limit, seed=seed,
-                                     plots=False)
+                                     plots=False, model=tcfg.model)
     metrics = evaluation["datasets"]["in_distribution"]
     throughput = report["throughput"]
     started = throughput.get("first_batch_s") or 0.0

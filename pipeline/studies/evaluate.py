@@ -98,6 +98,25 @@ def evaluate_model(
     )
 
 
+def _preflight(model: nn.Module, spec: ModelSpec, checkpoint: str | Path,
+               data: Iterable[Data | None], decode: DecodeOptions | None) -> None:
+    """Checkpoint against each data set's schema (manifest, or the first shard of plain
+    WebDataset shards), before the samples are read."""
+    from reldrop.pipeline.data.manifest import has_manifest  # noqa: PLC0415
+    from reldrop.pipeline.data.plan import plan_split  # noqa: PLC0415
+    from reldrop.pipeline.preflight import check_model_output, check_spec_fits  # noqa: PLC0415
+
+    where = f"checkpoint {str(checkpoint)!r}"
+    for url in data:
+        if isinstance(url, str):
+            # without a manifest the class count is the model's (the shards cannot say)
+            classes = None if has_manifest(parse_data_url(url, DEFAULT_SPLIT)[0]) else spec.num_classes
+            manifest = plan_split(url, DEFAULT_SPLIT, on_error="skip", decode=decode,
+                                  num_classes=classes).manifest
+            check_spec_fits(spec, manifest, where=where)
+            check_model_output(model, spec, manifest.input_shape, where=where)
+
+
 def _samples(data: Data, on_error: OnError, decode: DecodeOptions | None
              ) -> tuple[str, Iterable[Any]]:
     if isinstance(data, str):
@@ -166,6 +185,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     plots: bool = True,
     decode: DecodeOptions | None = None,
+    model: str | None = None,
+    trust_model_code: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``data_url`` (and the out-of-distribution ``ood_url``).
 
@@ -173,9 +194,15 @@ def evaluate_checkpoint(
     ``composite``, ``seed``, ``datasets`` name -> metrics, ``plots``) and, with ``plots``,
     ``occlusion_curves.png``, ``relevance_<name>.png`` and ``metrics.png`` where ``name`` is
     ``in_distribution`` or ``out_of_distribution``.
+
+    The checkpoint is read through :func:`reldrop.checkpoint.load_checkpoint` (``model`` /
+    ``trust_model_code``: see there); it must fit every data set's manifest (channels, classes,
+    logits) before any sample is read; every shard is verified (size, sha256, sample count)
+    as training verifies it.
     """
-    model, spec, extra = load_checkpoint(checkpoint)
-    model.to(device)
+    net, spec, extra = load_checkpoint(checkpoint, model=model, trust_model_code=trust_model_code)
+    _preflight(net, spec, checkpoint, [data_url, ood_url], decode)
+    net.to(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     datasets: dict[str, Data] = {"in_distribution": data_url}
@@ -194,7 +221,7 @@ def evaluate_checkpoint(
         start = time.perf_counter()
         source, samples = _samples(data, on_error, decode)
         batches = sample_batches(samples, spec.normalization, batch_size=batch_size, limit=limit)
-        results[name] = evaluate_model(model, spec, batches, composite=composite, seed=seed)
+        results[name] = evaluate_model(net, spec, batches, composite=composite, seed=seed)
         report["datasets"][name] = {
             "data": source,
             **results[name].to_json(),

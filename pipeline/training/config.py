@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_DATA_DIR",
     "MODES",
     "ON_ERROR",
+    "ON_NONFINITE",
     "SECTIONS",
     "STALE_POLICIES",
     "FieldOption",
@@ -39,6 +40,7 @@ __all__ = [
 
 MODES = ("async", "sync", "precomputed")
 STALE_POLICIES = ("pass", "drop", "re-explain")
+ON_NONFINITE = ("stop", "skip")
 DEFAULT_DATA_DIR = Path(os.environ.get("RELDROP_CACHE", Path.home() / ".cache" / "reldrop"))
 #: help sections, in the order ``reldrop train --help`` shows them
 SECTIONS = ("data", "method", "optimisation", "trainer", "explainer", "staleness", "run")
@@ -134,13 +136,17 @@ class TrainConfig:
         "black", "method", "classify-masked: background outside the mask (reference: black)",
         choices=lambda: ("black", "mean"))
     clip_grad_norm: float | None = option(
-        None, "method", "gradient-norm clipping (default: the regularizer's own, ISNet 1.0; "
-        "0: off)")
+        None, "method", "gradient-norm clipping (default: the regularizer's own: isnet, gradmask, "
+        "rrr 1.0; 0: off)")
     # optimisation
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
     lr: float = option(0.05, "optimisation", "SGD learning rate (momentum 0.9, weight decay 5e-4)")
     seed: int = option(0, "optimisation", "seed of the model, occlusion draws and shuffling")
+    on_nonfinite: str = option(
+        "stop", "optimisation", "a non-finite loss or gradient: stop the run at that step with "
+        "one line, or skip the step (no update; counted in the report)",
+        choices=lambda: ON_NONFINITE)
     # trainer
     trainers: int = option(1, "trainer", "Ray Train workers (DDP)")
     trainer_cpus: float = option(1.0, "trainer", "CPUs per trainer worker")

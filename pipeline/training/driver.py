@@ -23,8 +23,11 @@ from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
+from reldrop.pipeline.interrupts import after_ray_init, run_interruptible
+from reldrop.pipeline.preflight import check_training_run
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.console import run_console
+from reldrop.pipeline.training.ray_results import clear_previous_runs
 from reldrop.pipeline.training.report import (
     WORKERS_FILE,
     RunReport,
@@ -147,6 +150,7 @@ def init_ray(cfg: TrainConfig) -> None:
                  configure_logging=False, runtime_env=runtime_env)
     else:
         ray.init(address=cfg.address, runtime_env=runtime_env)
+    after_ray_init(local=cfg.address is None)  # our SIGTERM handler back; kill -9 watchdog
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -180,6 +184,7 @@ def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | 
     assert cfg.train is not None
     plan = plan_split(cfg.train, "train", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes)
     spec = _spec(cfg, plan)
+    check_training_run(spec, plan.manifest, [cfg.test, cfg.ood_test])  # before Ray starts
     init_ray(cfg)
     totals = ray.cluster_resources()
     res = plan_resources(cfg, cluster_cpus=float(totals.get("CPU", 1)),
@@ -252,6 +257,7 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
     cfg, res = run.cfg, run.res
     storage = (f"{run.remote_out.rstrip('/')}/ray_results" if run.remote_out
                else str(run.out / "ray_results"))
+    clear_previous_runs(storage, keep=f"reldrop-{run.run_id}")  # replaced, not accumulated
     gpus = {"GPU": res.trainer_gpus} if cfg.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker=_train_loop,
@@ -278,7 +284,7 @@ def _fit(run: _Run, trainer: Any, explainers: list[Any]) -> tuple[Any, dict[str,
     """Train; return Ray's result and the explainers' counters (the explainers end after)."""
     stats: dict[str, Any] = {}
     try:
-        result = trainer.fit()
+        result = run_interruptible(trainer.fit)  # Ctrl-C / SIGTERM reach the job, not Ray Train
     finally:
         stats = _explainer_stats(explainers)
     if result.checkpoint is None or not result.metrics:

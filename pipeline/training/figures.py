@@ -41,7 +41,7 @@ def training_figures(
         picked.append(sample)
         if len(picked) == samples:
             break
-    model, spec, _ = load_checkpoint(checkpoint)
+    model, spec, _ = load_checkpoint(checkpoint, model=cfg.model)  # the run's own model
     x = model_inputs(np.stack([s["image"] for s in picked]), spec.normalization)
     y = torch.tensor([s["label"] for s in picked])
     bounds = spec.normalization.bounds()

@@ -210,6 +210,8 @@ def _counts(worker_counts: dict[str, int], skipped_shards: list[dict[str, Any]],
         "stale": worker_counts.get("stale", 0),
         "stale_dropped": worker_counts.get("stale_dropped", 0),
         "stale_reexplained": worker_counts.get("stale_reexplained", 0),
+        # steps whose loss or gradient was not finite, skipped (``--on-nonfinite skip``)
+        "nonfinite_skipped": worker_counts.get("nonfinite_skipped", 0),
         # explainer batches let through after waiting for the gate (a stalled stream)
         "gate_timeouts": gate_timeouts,
         "trained": trained,

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from reldrop.checkpoint import ModelSpec, save_checkpoint
+from reldrop.checkpoint import ModelSpec, read_checkpoint, save_checkpoint
 from reldrop.pipeline.training.accounting import BatchAccounting
 
 __all__ = ["TrainState", "accounting_json", "load_train_state", "save_train_state"]
@@ -85,7 +85,8 @@ def load_train_state(
         return
     with checkpoint.as_directory() as path:
         directory = Path(path)
-        model.load_state_dict(load_file(str(directory / MODEL_FILE)))
+        # the one checkpoint reader (finite weights; the run's own model, nothing imported)
+        model.load_state_dict(read_checkpoint(directory / MODEL_FILE)[0])
         saved = json.loads((directory / STATE_FILE).read_text())
         tensors = load_file(str(directory / OPTIMIZER_FILE))
     optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reldrop.pipeline.training.nonfinite import NonFiniteGuard
 from reldrop.regularizers import Regularizer
 
 __all__ = ["StepOutcome", "global_rows", "train_step"]
@@ -58,9 +59,11 @@ def train_step(
     *,
     placeholder: torch.Tensor,
     clip_grad_norm: float | None = None,
+    guard: NonFiniteGuard | None = None,
 ) -> StepOutcome:
     """Train on ``x, y`` (possibly empty); see the module docstring. ``placeholder`` is one
-    input row of the right shape for a zero-weight step."""
+    input row of the right shape for a zero-weight step. ``guard`` judges a non-finite loss
+    or gradient before the update (stop the run, or skip this step: ``stepped`` False)."""
     rows = int(y.shape[0])
     total = global_rows(rows, x.device if rows else placeholder.device)
     if total == 0:
@@ -79,6 +82,8 @@ def train_step(
         finally:
             model.train()
         loss_sum, correct = 0.0, 0
+    if guard is not None and not guard.allows(loss_sum, model, placeholder.device):
+        return StepOutcome(False, 0.0, 0, 0)
     if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()

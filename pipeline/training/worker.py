@@ -30,6 +30,7 @@ from reldrop.pipeline.simulated import SimulatedDevice, padded
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.meter import Meter
+from reldrop.pipeline.training.nonfinite import NonFiniteGuard, nonfinite_guard
 from reldrop.pipeline.training.report import WORKERS_FILE, WorkerSummary, write_json
 from reldrop.pipeline.training.resume import (
     TrainState,
@@ -62,6 +63,7 @@ class _Worker:
     meter: Meter
     device_model: SimulatedDevice
     handoff: Handoff | None = None  # async: this rank's explainers
+    nonfinite: NonFiniteGuard | None = None  # a non-finite loss or gradient: stop or skip
     state: TrainState = field(default_factory=TrainState)
 
 
@@ -94,6 +96,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     )
     if cfg.needs_explainer:
         w.handoff = _handoff(w, loop_config)
+    w.nonfinite = nonfinite_guard(cfg, lambda: w.accounting.counts)  # counts survive a resume
     return w
 
 
@@ -174,7 +177,8 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
     with padded(w.device_model.step_s()):
         outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
                              placeholder=x[:1] if len(y) else _placeholder(w, batch),
-                             clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None))
+                             clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None),
+                             guard=w.nonfinite and w.nonfinite.at(epoch=epoch, step=w.state.step + 1))
     if not outcome.stepped:
         return
     w.state.step += 1

@@ -4,7 +4,8 @@ Builds are staged: shards are written into a hidden sibling of the target
 (``.NAME.partial-XXXXXXXX``), and only after every sample was written does the target change
 (old manifest removed, old shards removed, new shards moved in, new manifest written last and
 atomically). A failing build (a typo'd source path, a bad sample, a full disk) leaves an
-existing dataset untouched and no half-written target.
+existing dataset untouched and no half-written target. One build per target at a time: a
+build holds an exclusive-create claim on its target (:mod:`reldrop.pipeline.data.claim`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from reldrop.pipeline.data.claim import claim_dataset
 from reldrop.pipeline.data.datasets._registry import BuildOptions, get_source
 from reldrop.pipeline.data.fs import absolute_url, join_url, resolve
 from reldrop.pipeline.data.manifest import (
@@ -121,35 +123,43 @@ def build_dataset(
     """Write dataset ``name`` (see ``available_datasets()``) as shards plus manifest.
 
     Staged (see the module docstring): ``overwrite`` replaces an existing dataset only once the
-    new one is completely written.
+    new one is completely written. One writer per target: the build holds the claim on
+    ``root_url`` (:func:`reldrop.pipeline.data.claim.claim_dataset`); a second build of the
+    same target at the same time raises :class:`~reldrop.pipeline.data.claim.DatasetBusy`.
     """
+    _refuse_existing(root_url, overwrite)
+    options = BuildOptions(seed=seed, limit=limit, image_size=image_size, num_points=num_points)
+    source = get_source(name, options)  # a bad name or source path fails before any write
+    with claim_dataset(root_url):
+        _refuse_existing(root_url, overwrite)  # a writer that finished while we were starting
+        meter = _Progress(source.sizes, show=progress)
+        staging = _staging_url(root_url)
+        fs, staging_path = resolve(staging)
+        try:
+            staged = write_shards(
+                staging,
+                {split: make() for split, make in source.splits.items()},
+                dataset=source.name,
+                num_classes=source.num_classes,
+                class_names=source.class_names,
+                shard_size=shard_size,
+                build=_build_record(name, options),
+                on_sample=meter,
+            )
+            manifest = _replace_dataset(staged, root_url)
+        finally:
+            meter.close()
+            if fs.exists(staging_path):
+                fs.rm(staging_path, recursive=True)
+    return _summarize(manifest, meter.seconds())
+
+
+def _refuse_existing(root_url: str, overwrite: bool) -> None:
     if has_manifest(root_url) and not overwrite:
         raise FileExistsError(
             f"{root_url!r} already holds a dataset (manifest.parquet); pass overwrite=True "
             "(--overwrite) or choose another --out"
         )
-    options = BuildOptions(seed=seed, limit=limit, image_size=image_size, num_points=num_points)
-    source = get_source(name, options)  # a bad name or source path fails before any write
-    meter = _Progress(source.sizes, show=progress)
-    staging = _staging_url(root_url)
-    fs, staging_path = resolve(staging)
-    try:
-        staged = write_shards(
-            staging,
-            {split: make() for split, make in source.splits.items()},
-            dataset=source.name,
-            num_classes=source.num_classes,
-            class_names=source.class_names,
-            shard_size=shard_size,
-            build=_build_record(name, options),
-            on_sample=meter,
-        )
-        manifest = _replace_dataset(staged, root_url)
-    finally:
-        meter.close()
-        if fs.exists(staging_path):
-            fs.rm(staging_path, recursive=True)
-    return _summarize(manifest, meter.seconds())
 
 
 class _Progress:
