@@ -152,6 +152,22 @@ def init_ray(cfg: TrainConfig) -> None:
         ray.init(address=cfg.address, runtime_env=runtime_env)
     after_ray_init(local=cfg.address is None)  # our SIGTERM handler back; kill -9 watchdog
     ray.data.DataContext.get_current().enable_progress_bars = False
+    _warm_autoscaling_coordinator()
+
+
+def _warm_autoscaling_coordinator() -> None:
+    """Start Ray's autoscaling-coordinator actor now, beside the run's other start-up work.
+    Ray Train's controller asks it for resources with a 5 s timeout; started on demand on a
+    busy node the actor missed it, cost those 5 s before the first step and printed a
+    traceback. Best effort: an internal API, skipped if Ray moves it."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: PLC0415
+            get_or_create_autoscaling_coordinator,
+        )
+
+        get_or_create_autoscaling_coordinator()
+    except Exception:  # noqa: BLE001 - an optimisation only
+        return
 
 
 @dataclass(frozen=True)
@@ -292,11 +308,15 @@ def _fit(run: _Run, trainer: Any, explainers: list[Any]) -> tuple[Any, dict[str,
     return result, stats
 
 
-def _workers(result: Any) -> list[WorkerSummary]:
-    """Every worker's summary, from the final checkpoint (see ``WORKERS_FILE``)."""
+def _worker_json(result: Any) -> list[dict[str, Any]]:
+    """Every worker's summary as JSON, from the final checkpoint (see ``WORKERS_FILE``)."""
     with result.checkpoint.as_directory() as ckpt_dir:
-        data = json.loads((Path(ckpt_dir) / WORKERS_FILE).read_text())
-    return [WorkerSummary.from_json(w) for w in data]
+        data: list[dict[str, Any]] = json.loads((Path(ckpt_dir) / WORKERS_FILE).read_text())
+    return data
+
+
+def _workers(result: Any) -> list[WorkerSummary]:
+    return [WorkerSummary.from_json(w) for w in _worker_json(result)]
 
 
 def _explainer_stats(explainers: list[Any]) -> dict[str, Any]:
@@ -356,6 +376,11 @@ def _write_outputs(run: _Run, result: Any, report: RunReport, start: float) -> N
                     "log": str(run.out / LOG_FILE)}
     report.paths.update(_plots(run.out, report, checkpoint, run.cfg))
     report.wall_s = time.perf_counter() - start
+    first = min((w["first_batch_at"] for w in _worker_json(result) if w.get("first_batch_at")),
+                default=None)
+    # from the command's start (start-up, data check, Ray, Ray Train) to the first trained batch
+    report.throughput["first_batch_after_start_s"] = (
+        first - (time.time() - report.wall_s) if first is not None else None)
     if run.remote_out:
         base = run.remote_out.rstrip("/")
         report.paths = {k: f"{base}/{Path(v).name}" for k, v in report.paths.items()}

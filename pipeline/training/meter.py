@@ -26,6 +26,7 @@ class Meter:
     compute_s: float = 0.0
     first_batch_s: float | None = None
     first_wait_s: float | None = None
+    first_batch_at: float | None = None  # wall clock (time.time) of the first batch
     rows: int = 0
     started: float = field(default_factory=time.perf_counter)
     _last_line: float = field(default_factory=time.perf_counter)
@@ -48,6 +49,7 @@ class Meter:
             if self.first_batch_s is None:
                 self.first_batch_s = t1 - self.started
                 self.first_wait_s = t1 - t0
+                self.first_batch_at = time.time()
             self.rows += len(batch["label"])
             yield batch
             self.compute_s += time.perf_counter() - t1

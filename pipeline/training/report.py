@@ -49,6 +49,7 @@ class WorkerSummary:
     wall_s: float
     first_batch_s: float | None
     first_wait_s: float | None = None  # the wait for the first batch (start-up)
+    first_batch_at: float | None = None  # wall clock of the first batch
     publish_ms: list[float] = field(default_factory=list)
     store_recreated: int = 0
     #: the async hand-off's counters (:class:`~reldrop.pipeline.explanation.handoff.HandoffStats`)
@@ -292,6 +293,7 @@ def summary_table(report: RunReport) -> str:
         ("ood accuracy", fmt(report.final.get("ood_accuracy"))),
         ("samples/s", fmt(tp["samples_per_s"])),
         ("trainer wait fraction", fmt(tp["trainer_wait_fraction"])),
+        ("first batch after (s)", fmt(tp.get("first_batch_after_start_s"))),
         ("staleness mean/p50/p99/max", "/".join(fmt(st[k]) for k in ("mean", "p50", "p99", "max"))),
         ("seen / skipped / fallback", f"{c['seen']} / {c['skipped']} / {c['fallback']}"),
         ("restarts", fmt(report.restarts)),

@@ -249,7 +249,7 @@ def _summary(w: _Worker) -> WorkerSummary:
         counts=dict(a.counts), skip_reasons=list(a.reasons),
         keys=a.keys if w.cfg.record_keys else [], wait_s=w.meter.wait_s,
         compute_s=w.meter.compute_s, wall_s=w.meter.elapsed(), first_batch_s=w.meter.first_batch_s,
-        first_wait_s=w.meter.first_wait_s,
+        first_wait_s=w.meter.first_wait_s, first_batch_at=w.meter.first_batch_at,
         publish_ms=list(w.handoff.stats.publish_ms) if w.handoff else [],
         handoff=w.handoff.stats.to_json() if w.handoff else {},
         restarts=w.state.restarts, in_loop=w.in_loop.stats.as_dict(),
