@@ -47,7 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.studies.bench import BenchConfig, run_bench  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.bench import BenchConfig, run_bench  # heavy import
 
     configure_storage(args.storage_options)
     names = set(BenchConfig.__dataclass_fields__)

@@ -75,7 +75,7 @@ def _one_line(text: str) -> str:
 def _data_line(err: BaseException) -> str | None:
     """The ``shard '...', sample '...'`` line in a Ray error that kept only the cause's text."""
     try:
-        from reldrop.pipeline.data.stream import data_error  # noqa: PLC0415 (error path only)
+        from reldrop.pipeline.data.stream import data_error  # error path only
     except ImportError:
         return None
     return data_error(err)

@@ -38,7 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.evaluation.evaluate import evaluate_checkpoint  # heavy import
 
     configure_storage(args.storage_options)
     report = evaluate_checkpoint(

@@ -29,7 +29,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
+    from reldrop.pipeline.explanation.precompute import explain_dataset
 
     configure_storage(args.storage_options)
     summary = explain_dataset(

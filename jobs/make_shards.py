@@ -36,7 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.data.datasets import build_dataset  # heavy import
 
     configure_storage(args.storage_options)
     summary = build_dataset(

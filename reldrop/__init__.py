@@ -6,8 +6,6 @@ distributed layers install as ``reldrop.pipeline`` (Ray, shards, streaming) and
 """
 
 
-from pathlib import Path as _Path
-
 from reldrop.augment import AugmentStats, RelDrop
 from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from reldrop.composites import COMPOSITES, make_composite
@@ -35,17 +33,3 @@ __all__ = [
     "save_checkpoint",
 ]
 
-
-def _layer_folders() -> None:
-    """In a source checkout (editable install, ``ray job submit --working-dir .``) the layers
-    live in the top-level folders ``pipeline/`` and ``jobs/`` beside this package; an installed
-    wheel places them inside it. Let ``reldrop.pipeline`` / ``reldrop.jobs`` find them."""
-    here = _Path(__file__).resolve().parent
-    root = here.parent
-    if not (here / "pipeline").is_dir() and all(
-        (root / layer / "__init__.py").is_file() for layer in ("pipeline", "jobs")
-    ):
-        __path__.append(str(root))
-
-
-_layer_folders()

@@ -341,7 +341,7 @@ class Occluder:
         seeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which elements to drop (bool N x H x W or N x P) and which samples fell back."""
-        from reldrop.relevance import check_inputs  # noqa: PLC0415 (avoid a cycle at import)
+        from reldrop.relevance import check_inputs  # avoid a cycle at import
 
         kind = check_inputs(inputs)
         if kind not in self._strategy.kinds:

@@ -76,7 +76,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
@@ -157,7 +157,7 @@ def _load_png(value: object, what: str, url: str, key: str) -> np.ndarray:
     else:
         if not isinstance(value, bytes | bytearray | memoryview):
             raise SampleError(url, key, f"{what}: expected bytes, got {type(value).__name__}")
-        from PIL import Image  # noqa: PLC0415
+        from PIL import Image
 
         try:
             with Image.open(io.BytesIO(bytes(value))) as img:

@@ -122,7 +122,7 @@ def arrow_filesystem(url: str, **storage_options: Any) -> tuple[Any, str]:
     filesystem in ``PyFileSystem(FSSpecHandler(fs))``. Pass both to
     ``ray.data.read_webdataset(paths, filesystem=fs)``. ``memory://`` only works in-process.
     """
-    import pyarrow.fs as pafs  # noqa: PLC0415 (pyarrow.fs is slow to import)
+    import pyarrow.fs as pafs  # pyarrow.fs is slow to import
 
     fs, path = resolve(url, **storage_options)
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -200,7 +200,7 @@ def _install_s3_retry_policy() -> None:
     global _s3_policy_installed
     if _s3_policy_installed:
         return
-    import s3fs.core  # noqa: PLC0415
+    import s3fs.core
 
     s3fs.core.S3_RETRYABLE_ERRORS = ()  # each error goes through the custom handler
     s3fs.core.set_custom_error_handler(_s3_should_retry)

@@ -282,7 +282,7 @@ def _join_column(
     block: dict[str, np.ndarray], task: ShardTask, schema: RowSchema, table: tuple[Any, Any]
 ) -> dict[str, np.ndarray]:
     """Add ``schema.column`` (float32) for the block's keys from the shard's column table."""
-    from reldrop.pipeline.data.columns import align_column  # noqa: PLC0415 (pyarrow)
+    from reldrop.pipeline.data.columns import align_column  # pyarrow
 
     assert schema.column is not None
     values, missing = align_column(*table, block["key"], valid=~block["skipped"])
@@ -305,7 +305,7 @@ def _shard_rows(task: ShardTask, schema: RowSchema) -> Iterator[dict[str, np.nda
         )
     table = None
     if schema.column is not None and task.column_url is not None:
-        from reldrop.pipeline.data.columns import read_column_table  # noqa: PLC0415
+        from reldrop.pipeline.data.columns import read_column_table
 
         table = read_column_table(task.column_url, schema.column)
     if task.row_seed is not None:

@@ -49,7 +49,7 @@ def explain_dataset(
     """Write float16 relevance for every sample of ``data_url`` (``ROOT#split``, default
     ``train``), one column shard per data shard; return a summary (shards, samples,
     samples/s, skipped)."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import read_manifest
 
     root, split = parse_data_url(data_url, "train")
     out_url = out_url or root

@@ -18,6 +18,7 @@ from typing import Any
 
 from reldrop.composites import COMPOSITES
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
+from reldrop.optimizers import OPTIMIZERS
 from reldrop.pipeline.explanation.plan import StagePlan
 from reldrop.regularizers import REGULARIZERS
 
@@ -136,7 +137,9 @@ class TrainConfig:
     # optimisation
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
-    lr: float = option(0.05, "optimisation", "SGD learning rate (momentum 0.9, weight decay 5e-4)")
+    optimizer: str = option("sgd", "optimisation", "optimiser: sgd (momentum 0.9, weight decay "
+                            "5e-4) or adam (no weight decay)", choices=lambda: OPTIMIZERS.names())
+    lr: float = option(0.05, "optimisation", "learning rate of the optimiser")
     seed: int = option(0, "optimisation", "seed of the model, occlusion draws and shuffling")
     # trainer
     trainers: int = option(1, "trainer", "Ray Train workers (DDP)")
@@ -200,7 +203,7 @@ class TrainConfig:
             "classify-masked": {"background": self.classify_masked_background},
         }
         params = dict(per_method.get(self.regularizer, {}))
-        if self.regularizer != "none" and self.clip_grad_norm is not None:
+        if self.clip_grad_norm is not None:
             params["clip_grad_norm"] = self.clip_grad_norm or None
         return params
 
@@ -264,7 +267,7 @@ def _check_choices(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if value not in allowed and not (value is None and f.default is None):
             raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}; expected one of {allowed}")
-    from reldrop.models import resolve_model  # noqa: PLC0415
+    from reldrop.models import resolve_model
 
     resolve_model(cfg.model)  # a built-in, torchvision:NAME or package.module:factory
 

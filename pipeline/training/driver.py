@@ -41,7 +41,7 @@ DEMO_DATASET = "decoy-mnist"
 
 def default_data(seed: int = 0) -> tuple[str, str, str]:
     """Build (once) the demo DecoyMNIST shards in the cache dir; return train, test, OOD URLs."""
-    from reldrop.pipeline.data.datasets import ensure_dataset  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import ensure_dataset
 
     root = str(DEFAULT_DATA_DIR / f"{DEMO_DATASET}-seed{seed}")
     ensure_dataset(DEMO_DATASET, root, seed=seed, progress=True)
@@ -50,7 +50,7 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
     """Model spec from the manifest; per-channel mean/std estimated from the first samples."""
-    from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415
+    from reldrop.pipeline.data.shards import iter_samples
 
     m = plan.manifest
     if m.modality == "points":
@@ -61,18 +61,15 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
         images.append(sample["image"])
         if i >= 511:
             break
-    data = np.stack(images).astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in data.mean(axis=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in data.std(axis=(0, 2, 3)))
     return ModelSpec(name=cfg.model, in_channels=int(m.input_shape[0]), num_classes=m.num_classes,
-                     normalization=Normalization(mean=mean, std=std))
+                     normalization=Normalization.estimate(np.stack(images)))
 
 
 def _stage(
     cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources, epoch: int
 ) -> Any:
     """Append the explainer stage (async: model replicas; precomputed/baselines: no model)."""
-    from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
+    from reldrop.pipeline.explanation.api import append_stage, pool_strategy
 
     if not cfg.has_stage:
         return ds
@@ -95,9 +92,9 @@ def _stage(
 def init_ray(cfg: TrainConfig) -> None:
     """Join ``cfg.address`` or start a local Ray for this process (no-op when initialised);
     its workers get this process's storage settings (not credentials) in their environment."""
-    import ray  # noqa: PLC0415
+    import ray
 
-    from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
+    from reldrop.pipeline.data.storage import worker_env
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train copies worker prints into its logger and, where the worker's stdout is already
@@ -132,7 +129,7 @@ class _Run:
 
 
 def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
-    import ray  # noqa: PLC0415
+    import ray
 
     remote_out = cfg.out if _is_remote(cfg.out) else None
     out = (Path(tempfile.mkdtemp(prefix="reldrop-out-")) if remote_out
@@ -172,7 +169,7 @@ def train_set_names(cfg: TrainConfig) -> list[str]:
 
 
 def _precomputed(cfg: TrainConfig) -> Any:
-    from reldrop.pipeline.data.columns import ColumnJoin  # noqa: PLC0415
+    from reldrop.pipeline.data.columns import ColumnJoin
 
     if cfg.mode == "precomputed" and cfg.has_stage:
         return ColumnJoin(root_url=str(cfg.precomputed))
@@ -201,14 +198,14 @@ def _datasets(run: _Run) -> dict[str, Any]:
 
 
 def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
-    from ray.train import (  # noqa: PLC0415
+    from ray.train import (
         CheckpointConfig,
         DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
     )
-    from ray.train.torch import TorchTrainer  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer
 
     cfg, res = run.cfg, run.res
     storage = (f"{run.remote_out.rstrip('/')}/ray_results" if run.remote_out
@@ -238,7 +235,7 @@ def _fit(run: _Run, trainer: Any) -> tuple[Any, dict[str, Any]]:
     """Train; return Ray's result and the explainers' counters (the store is removed after)."""
     store = None
     if run.cfg.needs_explainer:
-        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
+        from reldrop.pipeline.explanation.weights import WeightStoreClient
 
         store = WeightStoreClient(run.run_id, max_ahead=run.cfg.max_ahead_samples(), create=True)
     stats: dict[str, Any] = {}
@@ -299,7 +296,7 @@ def _is_remote(url: str) -> bool:
 
 def _upload(local: Path, url: str) -> None:
     """Copy the run's files (not Ray's own results, already there) to ``url`` via fsspec."""
-    from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import resolve
 
     fs, path = resolve(url)
     fs.makedirs(path, exist_ok=True)
@@ -309,7 +306,7 @@ def _upload(local: Path, url: str) -> None:
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
-    from reldrop.pipeline.training.worker import train_loop_per_worker  # noqa: PLC0415
+    from reldrop.pipeline.training.worker import train_loop_per_worker
 
     train_loop_per_worker(loop_config)
 
@@ -317,7 +314,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 def _plots(out: Path, report: RunReport, checkpoint: Path, cfg: TrainConfig) -> dict[str, str]:
     """Loss/accuracy curves and an input / relevance / occluded grid (needs the plots extra)."""
     try:
-        from reldrop.pipeline.training.figures import training_figures  # noqa: PLC0415
+        from reldrop.pipeline.training.figures import training_figures
     except ImportError as err:  # pragma: no cover - depends on optional extra
         print(f"[reldrop] plots skipped: {err}", file=sys.stderr)
         return {}

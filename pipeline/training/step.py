@@ -33,7 +33,7 @@ class StepOutcome:
 
 def global_rows(rows: int, device: torch.device) -> int:
     """Rows kept on all ranks together (``rows`` itself without a process group)."""
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rows
@@ -43,7 +43,7 @@ def global_rows(rows: int, device: torch.device) -> int:
 
 
 def _world() -> int:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -57,10 +57,10 @@ def train_step(
     masks: torch.Tensor | None,
     *,
     placeholder: torch.Tensor,
-    clip_grad_norm: float | None = None,
 ) -> StepOutcome:
     """Train on ``x, y`` (possibly empty); see the module docstring. ``placeholder`` is one
-    input row of the right shape for a zero-weight step."""
+    input row of the right shape for a zero-weight step. Gradients are clipped as the
+    regularizer says (:meth:`~reldrop.regularizers.Regularizer.clip_gradients`)."""
     rows = int(y.shape[0])
     total = global_rows(rows, x.device if rows else placeholder.device)
     if total == 0:
@@ -79,7 +79,6 @@ def train_step(
         finally:
             model.train()
         loss_sum, correct = 0.0, 0
-    if clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    regularizer.clip_gradients(model)
     optimizer.step()
     return StepOutcome(True, loss_sum, correct, rows)

@@ -19,7 +19,7 @@ class WeightSync:
     def __init__(
         self, cfg: TrainConfig, run_id: str, model: nn.Module, *, publish: bool, world: int
     ) -> None:
-        from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
+        from reldrop.pipeline.explanation.weights import WeightStoreClient
 
         self.client = WeightStoreClient(run_id, max_ahead=cfg.max_ahead_samples(), create=publish)
         self.model = model

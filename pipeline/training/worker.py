@@ -21,6 +21,7 @@ from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
 from reldrop.keyed import sample_seeds
 from reldrop.occlusion import Occluder
+from reldrop.optimizers import make_optimizer
 from reldrop.pipeline.data.stream import data_error, model_inputs
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
 from reldrop.pipeline.training.config import TrainConfig
@@ -55,8 +56,8 @@ class _Worker:
 
 
 def _setup(loop_config: dict[str, Any]) -> _Worker:
-    import ray.train  # noqa: PLC0415
-    import ray.train.torch  # noqa: PLC0415
+    import ray.train
+    import ray.train.torch
 
     cfg = TrainConfig.from_json(loop_config["config"])
     spec = ModelSpec.from_json(loop_config["spec"])
@@ -69,13 +70,13 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     sync = None
     if cfg.needs_explainer:
-        from reldrop.pipeline.training.weight_sync import WeightSync  # noqa: PLC0415
+        from reldrop.pipeline.training.weight_sync import WeightSync
 
         sync = WeightSync(cfg, loop_config["run_id"], inner, publish=rank == 0, world=world)
     return _Worker(
         cfg=cfg, spec=spec, rank=rank, world=world, model=model, inner=inner,
         device=ray.train.torch.get_device(),
-        optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4),
+        optimizer=make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr),
         regularizer=make_regularizer(cfg.regularizer, lam=cfg.reg_lambda,
                                      bounds=spec.normalization.bounds(), **cfg.regularizer_params()),
         occluder=Occluder(cfg.occlusion()),
@@ -136,8 +137,7 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
         w.sync.consumed(len(batch["label"]))
     x, y, masks = _inputs(w, batch, plan, epoch)
     outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
-                         placeholder=x[:1] if len(y) else _placeholder(w, batch),
-                         clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None))
+                         placeholder=x[:1] if len(y) else _placeholder(w, batch))
     if not outcome.stepped:
         return
     w.state.step += 1
@@ -219,11 +219,11 @@ def _summary(w: _Worker) -> WorkerSummary:
 def _report_epoch(w: _Worker, final: bool) -> None:
     """Send this epoch's figures with a checkpoint (rank 0 writes it); the last epoch's report
     carries every worker's summary."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     summaries = [_summary(w).to_json()]
     if final and w.world > 1:
-        import torch.distributed as dist  # noqa: PLC0415
+        import torch.distributed as dist
 
         gathered: list[Any] = [None] * w.world
         dist.all_gather_object(gathered, summaries[0])
@@ -239,7 +239,7 @@ def _report_epoch(w: _Worker, final: bool) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker`` for :func:`~reldrop.pipeline.training.driver.run_training`."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     w = _setup(loop_config)
     load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting)

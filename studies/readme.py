@@ -18,7 +18,7 @@ __all__ = ["machine_line", "splice_section"]
 
 def machine_line() -> str:
     """One line naming the machine: CPUs, memory, accelerator, torch."""
-    import torch  # noqa: PLC0415
+    import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     try:

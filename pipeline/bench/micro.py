@@ -78,8 +78,8 @@ def train_steps(
 ) -> dict[str, Any]:
     """Seconds per training step of the trainer's step (plain CE, SGD as in ``reldrop.pipeline.training.worker``),
     with in-loop RelDrop first when ``augment`` is not ``"none"`` (the ``sync`` mode)."""
-    from reldrop.augment import RelDrop  # noqa: PLC0415
-    from reldrop.regularizers import make_regularizer  # noqa: PLC0415
+    from reldrop.augment import RelDrop
+    from reldrop.regularizers import make_regularizer
 
     dev = torch.device(device)
     with torch_threads(threads):

@@ -99,7 +99,7 @@ def evaluate_model(
 def _samples(data: Data, on_error: Literal["raise", "skip"]) -> tuple[str, Iterable[Any]]:
     if isinstance(data, str):
         root, split = parse_data_url(data, DEFAULT_SPLIT)
-        from reldrop.pipeline.data.shards import iter_samples  # noqa: PLC0415 (webdataset is heavy)
+        from reldrop.pipeline.data.shards import iter_samples  # webdataset is heavy
 
         return f"{root}#{split}", iter_samples(root, split, on_error=on_error)
     return "<samples>", data
