@@ -122,3 +122,17 @@ def test_readme_layer_table_matches_the_folders() -> None:
     for package in sorted(p.parent for p in (ROOT / "pipeline").glob("*/__init__.py")):
         assert f"`pipeline/{package.name}/`" in readme, f"README misses pipeline/{package.name}/"
 
+
+
+def test_readme_stays_a_five_minute_read() -> None:
+    """The README says what it is, the two commands, the sketch, an example per API, the jobs,
+    one result table and the limitations; the rest lives in docs/ (and its links resolve)."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    assert readme.count("\n| --- |") + readme.count("\n|---|") <= 2  # the layers, one result
+    import re
+
+    for doc in ("README.md", *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))):
+        text = (ROOT / doc).read_text()
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (ROOT / doc).parent.joinpath(target).exists(), f"{doc} links to {target}"

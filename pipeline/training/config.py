@@ -135,11 +135,11 @@ class TrainConfig:
         None, "method", "gradient-norm clipping (default: the regularizer's own, ISNet 1.0; "
         "0: off)")
     # optimisation
+    optimizer: str = option("sgd", "optimisation", "sgd (momentum 0.9, weight decay 5e-4) or "
+                            "adam (no weight decay)", choices=lambda: OPTIMIZERS.names())
+    lr: float = option(0.05, "optimisation", "learning rate of the optimizer")
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
-    optimizer: str = option("sgd", "optimisation", "optimiser: sgd (momentum 0.9, weight decay "
-                            "5e-4) or adam (no weight decay)", choices=lambda: OPTIMIZERS.names())
-    lr: float = option(0.05, "optimisation", "learning rate of the optimiser")
     seed: int = option(0, "optimisation", "seed of the model, occlusion draws and shuffling")
     # trainer
     trainers: int = option(1, "trainer", "Ray Train workers (DDP)")
