@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import tomllib
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +33,7 @@ __all__ = [
     "finite_float",
     "finite_nonneg_float",
     "load_config_file",
+    "name_list",
     "new_parser",
     "nonneg_int",
     "parse_with_config",
@@ -345,3 +346,19 @@ def parse_with_config(
                 action.required = False
         parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def name_list(known: Callable[[], Iterable[str]]) -> Callable[[str], list[str]]:
+    """An argparse type: ``a,b,c`` -> the names, each one of ``known()`` (read when parsing,
+    so registries may fill late)."""
+
+    def parse(text: str) -> list[str]:
+        allowed = list(known())
+        names = [n.strip() for n in str(text).split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{unknown or text!r}: expected comma-separated names from {allowed}")
+        return names
+
+    return parse

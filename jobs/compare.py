@@ -13,27 +13,21 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from reldrop.jobs._args import new_parser, parse_with_config, positive_int
+from reldrop.jobs._args import name_list, new_parser, parse_with_config, positive_int
 from reldrop.pipeline.data.storage import configure_storage
 
 __all__ = ["build_parser", "main", "parse_args"]
 
 
-def _method_list(text: str) -> list[str]:
-    """``a,b,c`` -> known method names (argparse turns the error into a usage message)."""
+def _methods() -> list[str]:
     from reldrop.pipeline.evaluation.compare import METHODS
 
-    names = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"{unknown or text!r}: expected comma-separated names from {list(METHODS)}")
-    return names
+    return list(METHODS)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("reldrop compare", __doc__ or "")
-    p.add_argument("--methods", type=_method_list, default=None,
+    p.add_argument("--methods", type=name_list(_methods), default=None,
                    help="comma-separated method names (default: all)")
     p.add_argument("--seeds", type=positive_int, default=2,
                    help="seeds 0..N-1, the same for every method")
@@ -53,11 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from reldrop.pipeline.evaluation.compare import METHODS
-
     args = parse_with_config(build_parser(), argv)
     if args.methods is None:
-        args.methods = list(METHODS)
+        args.methods = _methods()
     return args
 
 

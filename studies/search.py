@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reldrop.jobs._args import parse_with_config
+from reldrop.jobs._args import name_list, parse_with_config
 from reldrop.optimizers import OPTIMIZERS
 from reldrop.pipeline.data.storage import configure_storage
 from studies._cli import json_object, record_command, run_study, study_parser, write_table
@@ -250,18 +250,9 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> dict
 # --- command line: python -m studies.search ----------------------------------------------------
 
 
-def _method_list(text: str) -> list[str]:
-    names = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in names if m not in GRIDS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"{unknown or text!r}: expected comma-separated names from {list(GRIDS)}")
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = study_parser("search", __doc__ or "", out="runs/search")
-    p.add_argument("--methods", type=_method_list, default=list(GRIDS),
+    p.add_argument("--methods", type=name_list(lambda: GRIDS), default=list(GRIDS),
                    help="comma-separated method names")
     p.add_argument("--full", action="store_true", help="the full grids instead of the quick ones")
     p.add_argument("--tol", type=float, default=0.01,
