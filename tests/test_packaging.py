@@ -147,3 +147,16 @@ def test_wheel_installs_one_typed_namespace(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_real_classes(_user_mypy(tmp_path, python))
+
+
+def test_ray_working_dir_upload_holds_the_layers(tmp_path: Path) -> None:
+    """``ray job submit --working-dir .`` zips the checkout following the links, so the job
+    finds ``reldrop.pipeline`` and ``reldrop.jobs`` as real files beside ``reldrop``."""
+    from ray._private.runtime_env.packaging import _zip_files  # what the job client calls
+
+    zipped = tmp_path / "working_dir.zip"
+    _zip_files(str(ROOT), [], str(zipped), include_parent_dir=False, include_gitignore=True)
+    with zipfile.ZipFile(zipped) as archive:
+        names = set(archive.namelist())
+    assert {"reldrop/__init__.py", "reldrop/pipeline/training/config.py",
+            "reldrop/jobs/cli.py"} <= names
