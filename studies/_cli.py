@@ -68,7 +68,7 @@ def write_table(target: str | None, markdown: Path, command: str) -> None:
     """Copy a study's Markdown (less its title) into ``target`` (``FILE#NAME``)."""
     if target is None:
         return
-    from studies.readme import splice_section
+    from studies.tables import splice_section
 
     body = "\n".join(line for line in markdown.read_text().splitlines()
                      if not line.startswith("# "))

@@ -83,7 +83,7 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=100, progress=False)
     out = tmp_path / "study"
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "results.md"
     readme.write_text("intro\n<!-- results:st -->\nold table\n<!-- /results:st -->\nrest\n")
     code = main(parse_args(["--data", root, "--bounds", "1,4", "--intervals", "1,4",
                             "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--eval-limit", "8",
@@ -136,7 +136,7 @@ def test_retained_gain_only_where_sync_gains_above_noise() -> None:
 
 
 def test_splice_needs_one_pair_of_markers(tmp_path) -> None:
-    from studies.readme import splice_section
+    from studies.tables import splice_section
 
     path = tmp_path / "R.md"
     path.write_text("<!-- results:a -->\nx\n<!-- /results:a -->\n")
