@@ -22,7 +22,12 @@ from reldrop.pipeline.training.report import (
     staleness_stats,
     write_json,
 )
-from reldrop.pipeline.training.resume import TrainState, load_train_state, save_train_state
+from reldrop.pipeline.training.resume import (
+    TrainState,
+    accounting_json,
+    load_train_state,
+    save_train_state,
+)
 from reldrop.pipeline.training.scaling import plan_resources
 from reldrop.pipeline.training.step import train_step
 from reldrop.regularizers import make_regularizer
@@ -278,7 +283,7 @@ def test_epoch_checkpoint_round_trip(tmp_path: Path) -> None:
     acc.account(_batch(4, skipped=[1], versions=[0, 0, 1, 1]), step=1)
     state = TrainState(step=1, epochs=[{"epoch": 1, "samples": 3}])
     spec = ModelSpec(name="small-cnn", in_channels=1, num_classes=3)
-    save_train_state(tmp_path, model, opt, spec, state, acc)
+    save_train_state(tmp_path, model, opt, spec, state, [accounting_json(acc)])
 
     class _Checkpoint:  # what ray.train.Checkpoint offers
         def as_directory(self):  # noqa: ANN202
@@ -314,10 +319,26 @@ def test_method_flags_reach_the_regularizer(regularizer: str, flags: dict, expec
         assert getattr(reg, "clip_grad_norm" if key == "clip_grad_norm" else key) == value
 
 
-def test_train_config_gate_is_the_stage_plan() -> None:
-    cfg = TrainConfig(batch_size=16, trainers=2, sync_every=1, max_staleness=2,
-                      explainer_batch_size=8)
-    plan = cfg.stage_plan("r")
-    assert plan.train_batch_size == 32 and plan.explainer_batch_size == 8
-    assert cfg.max_ahead_samples() == plan.max_ahead == 2 * 32 + 3 * 8
-    assert cfg.staleness_bound() == plan.staleness_bound == 3 + 1 + 1
+def test_train_config_bound_is_the_handoff_depth_plus_publish_lag() -> None:
+    cfg = TrainConfig(batch_size=16, trainers=2, explainers=2)
+    assert (cfg.sync_every, cfg.max_staleness, cfg.handoff_depth) == (1, 2, 2)
+    assert cfg.staleness_bound() == 2
+    lagged = TrainConfig(sync_every=3, max_staleness=4)
+    assert lagged.handoff_depth == 2 and lagged.staleness_bound() == 4
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"max_staleness": 0}, "use --mode sync"),
+    ({"sync_every": 3, "max_staleness": 2}, "must be >= sync_every"),
+    ({"trainers": 2, "explainers": 1}, "explainers >= --trainers"),
+    ({"simulate_step_ms": -1.0}, "simulate_step_ms"),
+    ({"simulate_lrp_ms": float("nan")}, "simulate_lrp_ms"),
+    ({"explainer_wait_s": 0.0}, "explainer_wait_s"),
+])
+def test_train_config_refuses_impossible_handoffs(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_bound_zero_is_fine_without_explainers() -> None:
+    assert TrainConfig(mode="sync", max_staleness=0).max_staleness == 0

@@ -146,17 +146,6 @@ def test_plan_sizes_the_gate():
     assert "staleness bound" in plan.describe() and plan.to_json()["max_ahead"] == 160
 
 
-def test_plan_matches_train_config():
-    from reldrop.pipeline.training.config import TrainConfig
-
-    for kw in ({}, {"batch_size": 16, "trainers": 2, "explainer_batch_size": 64},
-               {"max_staleness": 2, "sync_every": 4}):
-        cfg = TrainConfig(**kw)  # type: ignore[arg-type]
-        plan = StagePlan(run_id="r", train_batch_size=cfg.global_batch, sync_every=cfg.sync_every,
-                         max_staleness=cfg.max_staleness, explainer_batch_size=cfg.stage_batch_size)
-        assert (plan.max_ahead, plan.staleness_bound) == (cfg.max_ahead_samples(), cfg.staleness_bound())
-
-
 @pytest.mark.parametrize("kw,match", [
     ({"run_id": ""}, "run_id"), ({"train_batch_size": 0}, "train_batch_size"),
     ({"sync_every": 0}, "sync_every"), ({"max_staleness": -1}, "max_staleness"),

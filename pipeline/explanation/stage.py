@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,9 @@ def _batch_seed(seed: int, batch: dict[str, Any], config: StageConfig) -> int:
 class ExplainerStage:
     """``map_batches`` callable: adds ``dropped``, ``fallback`` and ``model_version`` columns."""
 
-    def __init__(self, config: StageConfig) -> None:
+    def __init__(self, config: StageConfig, *, connect: bool = True) -> None:
+        """``connect=False``: no weight store (the hand-off actor loads the weights sent with
+        each call, :mod:`reldrop.pipeline.explanation.handoff`)."""
         torch.set_num_threads(max(1, config.threads))
         self.config = config
         self.normalization = config.input_normalization()
@@ -119,6 +121,8 @@ class ExplainerStage:
                 config.build_model(), composite=config.composite,
                 bounds=self.normalization.bounds(), device=self.device,
             )
+            if not connect:
+                return
             self.store = WeightStoreClient(config.run_id, max_ahead=config.max_ahead, create=False)
             self._register()
             self._refresh(wait_s=config.first_weights_timeout_s)
@@ -152,9 +156,7 @@ class ExplainerStage:
             answer = self.store.latest(self.version)
             if answer is not None:
                 assert self.replica is not None
-                version, weights = answer
-                self.replica.load(weights)  # removes the composite first (see replica.py)
-                self.version = version
+                self.load(*answer)
             if self.version >= 0 or time.monotonic() >= deadline:
                 return
             time.sleep(0.05)
@@ -205,13 +207,19 @@ class ExplainerStage:
             self.counters["explained"] += int(idx.numel())
         return rel
 
-    def _seeds(self, batch: dict[str, Any]) -> torch.Tensor | None:
+    def _seeds(self, batch: dict[str, Any], epoch: int) -> torch.Tensor | None:
         if self.config.key_column is None or self.config.key_column not in batch:
             return None
         from reldrop.keyed import sample_seeds
 
         keys = [str(k) for k in batch[self.config.key_column]]
-        return sample_seeds(self.config.seed, self.config.epoch, keys)
+        return sample_seeds(self.config.seed, epoch, keys)
+
+    def load(self, version: int, weights: Mapping[str, np.ndarray]) -> None:
+        """Explain with ``weights`` as ``version`` from now on."""
+        assert self.replica is not None
+        self.replica.load(weights)  # removes the composite first (see replica.py)
+        self.version = int(version)
 
     def stats(self) -> dict[str, float]:
         """Cumulative timing counters (read by ``reldrop bench`` through the weight store)."""
@@ -221,27 +229,31 @@ class ExplainerStage:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
+        if self.replica is not None:
+            self._gate(len(batch[self.config.label_column]))
+            self._refresh()
+        batch.update(self.explain(batch, self.config.epoch))
+        self.counters["busy_s"] += time.perf_counter() - start
+        if self.store is not None:
+            self.store.report_explainer(f"pid{os.getpid()}", self.stats())
+        return batch
+
+    def explain(self, batch: dict[str, Any], epoch: int) -> dict[str, np.ndarray]:
+        """The ``dropped``, ``fallback`` and ``model_version`` columns for ``batch`` with the
+        weights loaded now (draws keyed by ``epoch`` where the batch has a key column)."""
         cfg = self.config
         n = len(batch[cfg.label_column])
         if self.generator is None:
             self.generator = torch.Generator().manual_seed(_batch_seed(cfg.seed, batch, cfg))
-        if self.replica is not None:
-            self._gate(n)
-            self._refresh()
         streamed = batch.pop("relevance", None)  # joined by the read; not sent on to trainers
         x = model_inputs(batch[cfg.image_column], self.normalization)
         valid = ~np.asarray(batch.get("skipped", np.zeros(n, dtype=bool)), dtype=bool)
-        seeds = self._seeds(batch)
+        seeds = self._seeds(batch, epoch)
         applied = self.occluder.select(n, self.generator, seeds=seeds) & torch.from_numpy(valid)
         rel = (self._relevance(batch, x, applied, streamed) if self.occluder.needs_relevance
                else None)
         dropped, fallback = self.occluder.drop_mask(x, rel, applied=applied,
                                                     generator=self.generator, seeds=seeds)
-        batch["dropped"] = dropped.cpu().numpy().astype(np.uint8)
-        batch["fallback"] = fallback.numpy()
-        batch["model_version"] = np.full(n, self.version, dtype=np.int64)
         self.counters["batches"] += 1
-        self.counters["busy_s"] += time.perf_counter() - start
-        if self.store is not None:
-            self.store.report_explainer(f"pid{os.getpid()}", self.stats())
-        return batch
+        return {"dropped": dropped.cpu().numpy().astype(np.uint8), "fallback": fallback.numpy(),
+                "model_version": np.full(n, self.version, dtype=np.int64)}

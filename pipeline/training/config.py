@@ -20,6 +20,7 @@ from reldrop.composites import COMPOSITES
 from reldrop.occlusion import STRATEGIES, OcclusionConfig
 from reldrop.optimizers import OPTIMIZERS
 from reldrop.pipeline.explanation.plan import StagePlan
+from reldrop.pipeline.simulated import SimulatedDevice
 from reldrop.regularizers import REGULARIZERS
 
 __all__ = [
@@ -166,8 +167,13 @@ class TrainConfig:
         None, "explainer", "custom Ray resource each explainer takes 1 unit of (e.g. 'explainer', "
         "advertised by an explainer worker group) so explainers land on those nodes")
     # staleness
-    sync_every: int = option(2, "staleness", "publish weights every S trainer steps")
-    max_staleness: int = option(8, "staleness", "bound on trainer_step - model_version")
+    sync_every: int = option(1, "staleness", "publish weights every S trainer steps")
+    max_staleness: int = option(
+        2, "staleness", "bound on trainer_step - model_version: the trainer sends each batch to "
+        "the explainers this many steps (less sync-every - 1) before it trains on it")
+    explainer_wait_s: float = option(
+        60.0, "staleness", "seconds a trainer waits for a batch's masks before it explains the "
+        "rows itself (counted; the first batch waits up to 5 minutes for the explainers to start)")
     stale_policy: str = option("pass", "staleness", "rows staler than the bound: pass, drop, "
                                "re-explain", choices=lambda: STALE_POLICIES)
     precomputed: str | None = option(None, "staleness", "relevance column shards (mode precomputed)")
@@ -180,6 +186,12 @@ class TrainConfig:
     record_keys: bool = option(False, "run", "list every sample key each worker trained on per "
                                "epoch in the report")
     threads: int | None = option(None, "run", "torch threads per trainer", cli=False)
+    simulate_step_ms: float | None = option(
+        None, "run", "modelled accelerator: pad every trainer step to this many ms (the report "
+        "says simulated)")
+    simulate_lrp_ms: float | None = option(
+        None, "run", "modelled accelerator: pad every LRP call to this many ms per --batch-size "
+        "rows (scaled by the rows of the call)")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -231,13 +243,23 @@ class TrainConfig:
                          sync_every=self.sync_every, max_staleness=self.max_staleness,
                          explainer_batch_size=self.stage_batch_size)
 
+    @property
+    def handoff_depth(self) -> int:
+        """Steps ahead that a trainer sends batches to its explainers: the bound less the
+        publish interval's own lag (:mod:`reldrop.pipeline.explanation.handoff`)."""
+        return self.max_staleness - (self.sync_every - 1)
+
+    def simulated_device(self) -> SimulatedDevice:
+        return SimulatedDevice(step_ms=self.simulate_step_ms, lrp_ms=self.simulate_lrp_ms,
+                               batch_size=self.batch_size)
+
     def max_ahead_samples(self) -> int:
         """Rows explained but not yet consumed that the gate admits (:attr:`StagePlan.max_ahead`)."""
         return self.stage_plan().max_ahead
 
     def staleness_bound(self) -> int:
-        """The staleness (trainer steps) that the gate guarantees, given the sizes."""
-        return self.stage_plan().staleness_bound
+        """The staleness (trainer steps) the hand-off guarantees: ``max_staleness``."""
+        return self.max_staleness
 
     # ---- conversions ---------------------------------------------------------------------
     @classmethod
@@ -304,5 +326,22 @@ def _check_numbers(cfg: TrainConfig) -> None:
         if not math.isfinite(value) or value < 0 or (value == 0 and name in positive):
             kind = "a positive" if name in positive else "a non-negative"
             raise _bad(cfg, name, f"{kind} finite number of {'CPUs' if 'cpus' in name else 'GPUs'}")
+    if not (math.isfinite(cfg.explainer_wait_s) and cfg.explainer_wait_s > 0):
+        raise _bad(cfg, "explainer_wait_s", "a positive finite number of seconds")
+    for name in ("simulate_step_ms", "simulate_lrp_ms"):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise _bad(cfg, name, "a finite number of milliseconds >= 0, or unset")
+    if cfg.needs_explainer and cfg.max_staleness == 0:
+        raise ValueError("max_staleness=0 with mode='async' is in-loop explanation: use --mode "
+                         "sync (or a bound >= 1)")
+    if cfg.needs_explainer and cfg.handoff_depth < 1:
+        raise ValueError(f"max_staleness={cfg.max_staleness} with sync_every={cfg.sync_every}: "
+                         "publishing every S steps lags S - 1 steps by itself, so the bound must "
+                         "be >= sync_every")
+    if (cfg.needs_explainer and isinstance(cfg.explainers, int)
+            and cfg.explainers < cfg.trainers):
+        raise ValueError(f"explainers={cfg.explainers} for trainers={cfg.trainers}: every trainer "
+                         "needs explainers of its own; use --explainers >= --trainers")
     if cfg.trainer_gpus and not cfg.use_gpu:
         raise ValueError(f"trainer_gpus={cfg.trainer_gpus!r} needs --use-gpu")

@@ -6,6 +6,7 @@ loop is :mod:`.worker`; the report is assembled in :mod:`.report`.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
 from reldrop.pipeline.training.report import (
+    WORKERS_FILE,
     RunReport,
     WorkerSummary,
     assemble_report,
@@ -68,24 +70,51 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
 def _stage(
     cfg: TrainConfig, ds: Any, spec: ModelSpec, run_id: str, res: Resources, epoch: int
 ) -> Any:
-    """Append the explainer stage (async: model replicas; precomputed/baselines: no model)."""
+    """Append the model-free stage (random baselines, precomputed relevance); async RelDrop
+    explains in the trainers' hand-off instead (:func:`_start_explainers`)."""
     from reldrop.pipeline.explanation.api import append_stage, pool_strategy
 
-    if not cfg.has_stage:
+    if not cfg.has_stage or cfg.needs_explainer:
         return ds
-    stage = StageConfig(
-        run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
-        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
-        max_ahead=cfg.max_ahead_samples(), threads=max(1, int(round(res.explainer_cpus))),
-        seed=cfg.seed, device="cuda" if res.explainer_gpus > 0 else "cpu",
-        key_column="key", epoch=epoch,
-    )
-    low, high = (res.explainers_min, res.explainers_max) if cfg.needs_explainer else (1, 1)
+    stage = _stage_config(cfg, spec, run_id, res, epoch=epoch)
     return append_stage(
         ds, stage, batch_size=cfg.stage_batch_size,
-        compute=pool_strategy((low, high), cpus=res.explainer_cpus, gpus=res.explainer_gpus),
+        compute=pool_strategy(1, cpus=res.explainer_cpus, gpus=res.explainer_gpus),
         cpus=res.explainer_cpus, gpus=res.explainer_gpus,
         resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
+    )
+
+
+def _stage_config(cfg: TrainConfig, spec: ModelSpec, run_id: str, res: Resources,
+                  epoch: int = 0) -> StageConfig:
+    return StageConfig(
+        run_id=run_id, spec=spec.to_json(), occlusion=cfg.occlusion(), composite=cfg.composite,
+        use_model=cfg.needs_explainer,  # precomputed relevance arrives as a joined column
+        threads=max(1, int(round(res.explainer_cpus))), seed=cfg.seed,
+        device="cuda" if res.explainer_gpus > 0 else "cpu", key_column="key", epoch=epoch,
+    )
+
+
+def _explainer_count(run: _Run) -> int:
+    """Explainer actors of the run: ``--explainers``, or for ``auto`` what the free resources
+    hold (at least one per trainer)."""
+    if not run.cfg.needs_explainer:
+        return 0
+    return max(run.res.explainers_max, run.cfg.trainers)
+
+
+def _start_explainers(run: _Run) -> list[Any]:
+    """The run's explainer actors, started once (they load while Ray Train starts)."""
+    from reldrop.pipeline.explanation.pool import start_explainers
+
+    if not run.cfg.needs_explainer:
+        return []
+    cfg, res = run.cfg, run.res
+    return start_explainers(
+        run.run_id, _stage_config(cfg, run.spec, run.run_id, res), count=_explainer_count(run),
+        cpus=res.explainer_cpus, gpus=res.explainer_gpus,
+        resources={cfg.explainer_resource: 1} if cfg.explainer_resource else None,
+        device=cfg.simulated_device(),
     )
 
 
@@ -149,16 +178,18 @@ def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
 
 def _banner(run: _Run) -> str:
     cfg, res = run.cfg, run.res
-    explainers = (f"{res.explainers_min}-{res.explainers_max}" if res.autoscaling
-                  else str(res.explainers_max)) if cfg.needs_explainer else "0"
+    explainers = str(_explainer_count(run))
+    sim = cfg.simulated_device()
+    simulated = (f"; SIMULATED device: step {cfg.simulate_step_ms} ms, LRP {cfg.simulate_lrp_ms} "
+                 f"ms per {cfg.batch_size} rows" if sim.active else "")
     return (
         f"[reldrop] run {run.run_id}: {cfg.mode} {cfg.augment} on {cfg.model}, "
         f"{run.plan.num_samples} train samples in {len(run.plan.urls)} shards; "
         f"{cfg.trainers} trainer(s) x {res.trainer_cpus:g} CPU {res.trainer_gpus:g} GPU, "
         f"{explainers} explainer(s) x {res.explainer_cpus:g} CPU {res.explainer_gpus:g} GPU, "
         f"reads {res.read_cpus:g} CPU; cluster {res.cluster_cpus:g} CPU {res.cluster_gpus:g} GPU; "
-        f"sync every {cfg.sync_every} steps, staleness bound {cfg.staleness_bound()} steps "
-        f"(gate admits {cfg.max_ahead_samples()} rows ahead)"
+        f"publish every {cfg.sync_every} step(s), staleness bound {cfg.staleness_bound()} "
+        f"steps (batches sent {cfg.handoff_depth} steps ahead){simulated}"
     )
 
 
@@ -218,6 +249,7 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
             "train_sets": train_set_names(cfg),
             "eval_sets": [k for k in ("test", "ood_test") if k in datasets],
             "train_samples": min(run.plan.num_samples, cfg.limit or run.plan.num_samples),
+            "explainers": _explainer_count(run),
         },
         scaling_config=ScalingConfig(num_workers=cfg.trainers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": res.trainer_cpus, **gpus}),
@@ -231,23 +263,37 @@ def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
     )
 
 
-def _fit(run: _Run, trainer: Any) -> tuple[Any, dict[str, Any]]:
-    """Train; return Ray's result and the explainers' counters (the store is removed after)."""
-    store = None
-    if run.cfg.needs_explainer:
-        from reldrop.pipeline.explanation.weights import WeightStoreClient
-
-        store = WeightStoreClient(run.run_id, max_ahead=run.cfg.max_ahead_samples(), create=True)
+def _fit(run: _Run, trainer: Any, explainers: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """Train; return Ray's result and the explainers' counters (the explainers end after)."""
     stats: dict[str, Any] = {}
     try:
         result = trainer.fit()
     finally:
-        if store is not None:
-            stats = store.explainer_stats(timeout=5.0)
-            store.kill()
-    if result.metrics is None or result.checkpoint is None or not result.metrics.get("workers"):
+        stats = _explainer_stats(explainers)
+    if result.checkpoint is None or not result.metrics:
         raise RuntimeError(f"training run {run.run_id} finished without a final report: {result.error}")
     return result, stats
+
+
+def _workers(result: Any) -> list[WorkerSummary]:
+    """Every worker's summary, from the final checkpoint (see ``WORKERS_FILE``)."""
+    with result.checkpoint.as_directory() as ckpt_dir:
+        data = json.loads((Path(ckpt_dir) / WORKERS_FILE).read_text())
+    return [WorkerSummary.from_json(w) for w in data]
+
+
+def _explainer_stats(explainers: list[Any]) -> dict[str, Any]:
+    """Each explainer's counters (``{}`` for one that does not answer), then stop them all."""
+    import ray
+
+    stats: dict[str, Any] = {}
+    for i, actor in enumerate(explainers):
+        try:
+            stats[f"explainer-{i}"] = ray.get(actor.stats.remote(), timeout=5.0)
+        except ray.exceptions.RayError:
+            stats[f"explainer-{i}"] = {}
+        ray.kill(actor)
+    return stats
 
 
 def run_training(
@@ -259,12 +305,14 @@ def run_training(
     run = _prepare(cfg, run_id)
     if verbose:
         print(_banner(run), flush=True)
-    result, explainer_stats = _fit(run, _trainer(run, _datasets(run)))
+    explainers = _start_explainers(run)
+    result, explainer_stats = _fit(run, _trainer(run, _datasets(run)), explainers)
     report = assemble_report(
         config=run.cfg.to_json(), run_id=run.run_id, model_spec=run.spec.to_json(),
-        workers=[WorkerSummary.from_json(w) for w in result.metrics["workers"]],
+        workers=_workers(result),
         skipped_shards=list(run.plan.skipped_shards), explainer_stats=explainer_stats,
         staleness_bound=run.cfg.staleness_bound() if run.cfg.needs_explainer else None,
+        simulated=run.cfg.simulated_device().to_json(),
         cluster={"cpus": run.res.cluster_cpus, "gpus": run.res.cluster_gpus,
                  "explainer_cpus": run.res.explainer_cpus, "resources": run.res.to_json()},
     )

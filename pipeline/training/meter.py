@@ -25,6 +25,7 @@ class Meter:
     wait_s: float = 0.0
     compute_s: float = 0.0
     first_batch_s: float | None = None
+    first_wait_s: float | None = None
     rows: int = 0
     started: float = field(default_factory=time.perf_counter)
     _last_line: float = field(default_factory=time.perf_counter)
@@ -46,6 +47,7 @@ class Meter:
             self.wait_s += t1 - t0
             if self.first_batch_s is None:
                 self.first_batch_s = t1 - self.started
+                self.first_wait_s = t1 - t0
             self.rows += len(batch["label"])
             yield batch
             self.compute_s += time.perf_counter() - t1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "WORKERS_FILE",
     "RunReport",
     "WorkerSummary",
     "assemble_report",
@@ -25,6 +26,11 @@ __all__ = [
     "write_json",
     "write_report",
 ]
+
+
+#: every worker's :class:`WorkerSummary`, in the final checkpoint (not in the metrics, which
+#: stay flat scalars)
+WORKERS_FILE = "workers.json"
 
 
 @dataclass(kw_only=True)
@@ -42,8 +48,11 @@ class WorkerSummary:
     compute_s: float
     wall_s: float
     first_batch_s: float | None
+    first_wait_s: float | None = None  # the wait for the first batch (start-up)
     publish_ms: list[float] = field(default_factory=list)
     store_recreated: int = 0
+    #: the async hand-off's counters (:class:`~reldrop.pipeline.explanation.handoff.HandoffStats`)
+    handoff: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     in_loop: dict[str, Any] = field(default_factory=dict)
     #: shards that failed verification while streaming (their rows are in ``counts["skipped"]``)
@@ -92,6 +101,7 @@ def merge_workers(workers: list[WorkerSummary]) -> dict[str, Any]:
     steps = lead.epochs[-1]["steps"] if lead.epochs else 0
     compute = sum(w.compute_s for w in workers) / len(workers)
     return {
+        "handoff": _merge_handoff(workers),
         "epochs": lead.epochs,
         "staleness_histogram": {str(k): hist[k] for k in sorted(hist)},
         "staleness": staleness_stats(dict(hist)),
@@ -103,6 +113,7 @@ def merge_workers(workers: list[WorkerSummary]) -> dict[str, Any]:
             "compute_s_per_step": compute / steps if steps else None,
             "wall_s": wall,
             "first_batch_s": lead.first_batch_s,
+            **_steady(workers, samples),
         },
         "publish_ms": lead.publish_ms,
         "store_recreated": lead.store_recreated,
@@ -113,6 +124,31 @@ def merge_workers(workers: list[WorkerSummary]) -> dict[str, Any]:
         "trained": samples,  # rows trained on, all workers and epochs
         "streamed_skips": _merge_shard_skips(workers),
     }
+
+
+def _steady(workers: list[WorkerSummary], samples: int) -> dict[str, float | None]:
+    """Throughput and waiting inside the training loop after its first batch (start-up and
+    evaluation left out): what a simulated device's ideal is compared with."""
+    loop = [w.wait_s + w.compute_s - (w.first_wait_s or 0.0) for w in workers]
+    waits = [w.wait_s - (w.first_wait_s or 0.0) for w in workers]
+    span = max(loop) if loop else 0.0
+    mean_loop = sum(loop) / len(loop) if loop else 0.0
+    return {
+        "steady_samples_per_s": samples / span if span > 0 else None,
+        "steady_wait_fraction": (sum(waits) / len(waits)) / mean_loop if mean_loop > 0 else None,
+    }
+
+
+def _merge_handoff(workers: list[WorkerSummary]) -> dict[str, Any]:
+    """The hand-off counters summed over workers; every rank's publish times pooled."""
+    merged: dict[str, Any] = {}
+    for w in workers:
+        for key, value in w.handoff.items():
+            if isinstance(value, list):
+                merged.setdefault(key, []).extend(value)
+            else:
+                merged[key] = merged.get(key, 0) + value
+    return merged
 
 
 def _merge_shard_skips(workers: list[WorkerSummary]) -> list[dict[str, Any]]:
@@ -147,6 +183,9 @@ class RunReport:
     keys: list[Any]
     versions_seen: list[int]
     in_loop: dict[str, Any]
+    handoff: dict[str, Any] = field(default_factory=dict)
+    #: the modelled accelerator (``{"simulated": False, ...}`` on real devices)
+    simulated: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -187,6 +226,7 @@ def assemble_report(
     explainer_stats: dict[str, Any],
     staleness_bound: int | None,
     cluster: dict[str, Any],
+    simulated: dict[str, Any] | None = None,
 ) -> RunReport:
     """The one place a run's report is put together."""
     merged = merge_workers(workers)
@@ -199,7 +239,8 @@ def assemble_report(
         final={k: last.get(k) for k in ("test_accuracy", "ood_accuracy", "train_accuracy", "loss")},
         counts=_counts(merged.pop("counts"), skipped_shards, merged.pop("streamed_skips"),
                        gate_timeouts, trained),
-        staleness_bound=staleness_bound, cluster=cluster, explainers=explainer_stats, **merged,
+        staleness_bound=staleness_bound, cluster=cluster, explainers=explainer_stats,
+        simulated=simulated or {"simulated": False}, **merged,
     )
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from reldrop.checkpoint import ModelSpec, save_checkpoint
 from reldrop.pipeline.training.accounting import BatchAccounting
 
-__all__ = ["TrainState", "load_train_state", "save_train_state"]
+__all__ = ["TrainState", "accounting_json", "load_train_state", "save_train_state"]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -50,25 +50,33 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def accounting_json(accounting: BatchAccounting) -> dict[str, Any]:
+    """One rank's counts as JSON (each rank's go into the checkpoint: ranks count apart)."""
+    return {
+        "counts": dict(accounting.counts), "staleness": {str(k): v for k, v in accounting.staleness.items()},
+        "versions": sorted(accounting.versions), "reasons": accounting.reasons, "keys": accounting.keys,
+        "shards": accounting.shards,
+    }
+
+
 def save_train_state(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, spec: ModelSpec,
-    state: TrainState, accounting: BatchAccounting,
+    state: TrainState, ranks: list[dict[str, Any]],
 ) -> None:
-    """Write the checkpoint files of ``state`` into ``directory``."""
+    """Write the checkpoint files of ``state`` into ``directory``; ``ranks`` holds every rank's
+    :func:`accounting_json`, in rank order."""
     save_checkpoint(directory / MODEL_FILE, model, spec, {"steps": state.step})
     tensors, meta = _optimizer_tensors(optimizer)
     save_file(tensors, str(directory / OPTIMIZER_FILE))
     (directory / STATE_FILE).write_text(json.dumps({
         "step": state.step, "epochs": state.epochs, "restarts": state.restarts, "optimizer": meta,
-        "counts": dict(accounting.counts), "staleness": {str(k): v for k, v in accounting.staleness.items()},
-        "versions": sorted(accounting.versions), "reasons": accounting.reasons, "keys": accounting.keys,
-        "shards": accounting.shards,
+        "ranks": ranks,
     }, default=float))
 
 
 def load_train_state(
     checkpoint: Any, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-    accounting: BatchAccounting,
+    accounting: BatchAccounting, rank: int = 0,
 ) -> None:
     """Restore from a Ray Train checkpoint written by :func:`save_train_state` (no-op for None)."""
     if checkpoint is None:
@@ -81,12 +89,13 @@ def load_train_state(
     optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))
     state.step, state.epochs = int(saved["step"]), list(saved["epochs"])
     state.restarts = int(saved["restarts"]) + 1
-    accounting.counts = Counter(saved["counts"])
-    accounting.staleness = Counter({int(k): int(v) for k, v in saved["staleness"].items()})
-    accounting.versions = set(saved["versions"])
-    accounting.reasons = list(saved["reasons"])
-    accounting.keys = [list(k) for k in saved["keys"]]
-    accounting.shards = dict(saved["shards"])
+    mine = saved["ranks"][rank] if "ranks" in saved else saved  # older checkpoints: one rank
+    accounting.counts = Counter(mine["counts"])
+    accounting.staleness = Counter({int(k): int(v) for k, v in mine["staleness"].items()})
+    accounting.versions = set(mine["versions"])
+    accounting.reasons = list(mine["reasons"])
+    accounting.keys = [list(k) for k in mine["keys"]]
+    accounting.shards = dict(mine["shards"])
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """The Ray Train worker loop: one code path for ``async``, ``sync`` and ``precomputed``.
 
-Each worker reads its split of the stream, turns a batch into model inputs (the fill for the
-``dropped`` mask the explainer stage produced, or the in-loop RelDrop mask on its live model in
-``sync`` mode), takes a DDP-safe step (:mod:`.step`), and reports consumption to the staleness
-gate; rank 0 publishes weights every ``sync_every`` steps. Every epoch ends with a checkpoint
-(model, optimiser, step, figures so far), so a restarted worker group resumes at the next epoch.
+Each worker reads its split of the stream; in ``async`` mode its hand-off
+(:mod:`reldrop.pipeline.explanation.handoff`) sends every batch to the rank's own explainers
+``depth`` steps before training on it, and each rank publishes its weights to them every
+``sync_every`` steps. A batch becomes model inputs (the fill for its ``dropped`` mask, or the
+in-loop RelDrop mask on the live model in ``sync`` mode), then a DDP-safe step (:mod:`.step`).
+With a simulated device (``--simulate-step-ms/--simulate-lrp-ms``) steps and in-loop LRP are
+padded to the modelled durations. Every epoch ends with a checkpoint (model, optimiser, step,
+figures so far), so a restarted worker group resumes at the next epoch.
 """
 
 from __future__ import annotations
@@ -23,15 +26,22 @@ from reldrop.keyed import sample_seeds
 from reldrop.occlusion import Occluder
 from reldrop.optimizers import make_optimizer
 from reldrop.pipeline.data.stream import data_error, model_inputs
+from reldrop.pipeline.explanation.handoff import Handoff
+from reldrop.pipeline.simulated import SimulatedDevice, padded
 from reldrop.pipeline.training.accounting import BatchAccounting, RowPlan
 from reldrop.pipeline.training.config import TrainConfig
 from reldrop.pipeline.training.meter import Meter
-from reldrop.pipeline.training.report import WorkerSummary
-from reldrop.pipeline.training.resume import TrainState, load_train_state, save_train_state
+from reldrop.pipeline.training.report import WORKERS_FILE, WorkerSummary, write_json
+from reldrop.pipeline.training.resume import (
+    TrainState,
+    accounting_json,
+    load_train_state,
+    save_train_state,
+)
 from reldrop.pipeline.training.step import train_step
 from reldrop.regularizers import Regularizer, make_regularizer
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["epoch_metrics", "train_loop_per_worker"]
 
 
 @dataclass
@@ -51,7 +61,8 @@ class _Worker:
     in_loop: RelDrop
     accounting: BatchAccounting
     meter: Meter
-    sync: Any  # WeightSync, or None without explainers
+    device_model: SimulatedDevice
+    handoff: Handoff | None = None  # async: this rank's explainers
     state: TrainState = field(default_factory=TrainState)
 
 
@@ -68,12 +79,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     torch.manual_seed(cfg.seed)
     model = ray.train.torch.prepare_model(spec.build())
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    sync = None
-    if cfg.needs_explainer:
-        from reldrop.pipeline.training.weight_sync import WeightSync
-
-        sync = WeightSync(cfg, loop_config["run_id"], inner, publish=rank == 0, world=world)
-    return _Worker(
+    w = _Worker(
         cfg=cfg, spec=spec, rank=rank, world=world, model=model, inner=inner,
         device=ray.train.torch.get_device(),
         optimizer=make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr),
@@ -85,8 +91,39 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         accounting=BatchAccounting(max_staleness=cfg.max_staleness, stale_policy=cfg.stale_policy,
                                    record_keys=cfg.record_keys),
         meter=Meter(rank=rank, world=world, steps_per_epoch=_steps_per_epoch(cfg, loop_config)),
-        sync=sync,
+        device_model=cfg.simulated_device(),
     )
+    if cfg.needs_explainer:
+        w.handoff = _handoff(w, loop_config)
+    return w
+
+
+def _handoff(w: _Worker, loop_config: dict[str, Any]) -> Handoff:
+    """This rank's hand-off to its own explainers (started once per run by the driver)."""
+    from reldrop.pipeline.explanation.pool import RayTransport, explainers_of_rank
+
+    actors = explainers_of_rank(loop_config["run_id"], count=loop_config["explainers"],
+                                rank=w.rank, world=w.world)
+    return Handoff(RayTransport(actors), depth=w.cfg.handoff_depth,
+                   wait_s=w.cfg.explainer_wait_s,
+                   fallback=lambda chunk, epoch: _explain_in_loop(w, chunk, epoch))
+
+
+def _explain_in_loop(w: _Worker, chunk: dict[str, np.ndarray], epoch: int) -> dict[str, np.ndarray]:
+    """A chunk no explainer answered for, explained on the live model (as ``sync`` does)."""
+    n = len(chunk["label"])
+    keep = ~np.asarray(chunk.get("skipped", np.zeros(n, dtype=bool)), dtype=bool)
+    x = model_inputs(_to_device(chunk["image"], w.device), w.spec.normalization)
+    dropped = torch.zeros((n, *x.shape[2:]) if x.ndim == 4 else (n, x.shape[1]), dtype=torch.bool)
+    fallback = np.zeros(n, dtype=bool)
+    if keep.any():
+        keys = [str(k) for k in np.asarray(chunk["key"])[keep]]
+        y = _to_device(np.asarray(chunk["label"])[keep], w.device)
+        result = w.in_loop(x[torch.from_numpy(keep)], y, keys=keys, epoch=epoch)
+        dropped[torch.from_numpy(keep)] = result.dropped.cpu().reshape(dropped[keep].shape).bool()
+        fallback[keep] = result.fallback.cpu().numpy()
+    return {"dropped": dropped.numpy().astype(np.uint8), "fallback": fallback,
+            "model_version": np.full(n, w.state.step, dtype=np.int64)}
 
 
 def _steps_per_epoch(cfg: TrainConfig, loop_config: dict[str, Any]) -> int:
@@ -119,7 +156,8 @@ def _inputs(
             dropped[again] = w.in_loop(x[again], y[again], keys=redo, epoch=epoch).dropped.cpu()
         x = w.occluder.fill(x, dropped.to(w.device), seeds=sample_seeds(w.cfg.seed, epoch, keys))
     elif w.cfg.augment != "none" and len(y):
-        result = w.in_loop(x, y, keys=keys, epoch=epoch)
+        with padded(w.device_model.lrp_s(len(y))):
+            result = w.in_loop(x, y, keys=keys, epoch=epoch)
         w.accounting.counts["fallback"] += int(result.fallback.sum())
         if w.occluder.needs_relevance:
             w.accounting.counts["occluded"] += int(result.applied.sum())
@@ -133,11 +171,10 @@ def _placeholder(w: _Worker, batch: dict[str, Any]) -> torch.Tensor:
 
 def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str, float]) -> None:
     plan = w.accounting.account(batch, w.state.step)
-    if w.sync is not None:
-        w.sync.consumed(len(batch["label"]))
     x, y, masks = _inputs(w, batch, plan, epoch)
-    outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
-                         placeholder=x[:1] if len(y) else _placeholder(w, batch))
+    with padded(w.device_model.step_s()):
+        outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
+                             placeholder=x[:1] if len(y) else _placeholder(w, batch))
     if not outcome.stepped:
         return
     w.state.step += 1
@@ -146,19 +183,20 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
     totals["seen"] += outcome.rows
     if w.device.type == "cuda":
         torch.cuda.synchronize()
-    if w.sync is not None and w.state.step % w.cfg.sync_every == 0:
-        w.sync.publish(w.state.step)
+    if w.handoff is not None and w.state.step % w.cfg.sync_every == 0:
+        w.handoff.publish(w.inner, w.state.step)
 
 
 def _batches(w: _Worker, shard: Any, epoch: int) -> Any:
     """The epoch's batches; a data error becomes one line naming shard and sample."""
-    explained = w.cfg.needs_explainer  # rows held in a shuffle buffer would age: none there
-    buffer = w.cfg.shuffle_buffer if w.cfg.shuffle and not explained else 0
+    buffer = w.cfg.shuffle_buffer if w.cfg.shuffle else 0  # raw rows: the buffer ages nothing
     iterator = shard.iter_batches(
-        batch_size=w.cfg.batch_size, batch_format="numpy", prefetch_batches=1 if explained else 2,
+        batch_size=w.cfg.batch_size, batch_format="numpy", prefetch_batches=2,
         local_shuffle_buffer_size=buffer or None,
         local_shuffle_seed=(w.cfg.seed * 1_000_003 + epoch * 7919 + w.rank) if buffer else None,
     )
+    if w.handoff is not None:  # explained here, depth steps ahead of training
+        iterator = w.handoff.batches(iterator, epoch)
     try:
         yield from iterator
     except Exception as err:
@@ -171,8 +209,6 @@ def _batches(w: _Worker, shard: Any, epoch: int) -> Any:
 def _run_epoch(w: _Worker, shard: Any, epoch: int) -> dict[str, Any]:
     totals = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
     w.accounting.start_epoch()
-    if w.sync is not None:
-        w.sync.start_epoch()
     for batch in w.meter.timed(_batches(w, shard, epoch)):
         _train_batch(w, batch, epoch, totals)
         w.meter.progress(epoch, w.state.step, totals)
@@ -209,31 +245,58 @@ def _summary(w: _Worker) -> WorkerSummary:
         counts=dict(a.counts), skip_reasons=list(a.reasons),
         keys=a.keys if w.cfg.record_keys else [], wait_s=w.meter.wait_s,
         compute_s=w.meter.compute_s, wall_s=w.meter.elapsed(), first_batch_s=w.meter.first_batch_s,
-        publish_ms=w.sync.publish_ms if w.sync else [],
-        store_recreated=w.sync.recreated if w.sync else 0,
+        first_wait_s=w.meter.first_wait_s,
+        publish_ms=list(w.handoff.stats.publish_ms) if w.handoff else [],
+        handoff=w.handoff.stats.to_json() if w.handoff else {},
         restarts=w.state.restarts, in_loop=w.in_loop.stats.as_dict(),
         skipped_shards=list(a.shards.values()),
     )
 
 
-def _report_epoch(w: _Worker, final: bool) -> None:
-    """Send this epoch's figures with a checkpoint (rank 0 writes it); the last epoch's report
-    carries every worker's summary."""
+def _gather(w: _Worker, item: Any) -> list[Any]:
+    """``item`` of every rank, in rank order (one all-gather; no collective with one rank)."""
+    if w.world == 1:
+        return [item]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * w.world
+    dist.all_gather_object(gathered, item)
+    return gathered
+
+
+def epoch_metrics(w: _Worker, record: dict[str, Any]) -> dict[str, float | int]:
+    """Flat scalars for ``ray.train.report`` (``Result.metrics_dataframe``, checkpoint scoring,
+    Tune): the epoch's figures and this rank's throughput, waiting and staleness so far."""
+    stale = w.accounting.staleness
+    rows = sum(stale.values())
+    elapsed = w.meter.elapsed()
+    metrics: dict[str, float | int] = {k: v for k, v in record.items()
+                                       if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics.update({
+        "samples_per_s": w.meter.rows * w.world / elapsed if elapsed > 0 else 0.0,
+        "trainer_wait_fraction": w.meter.wait_s / elapsed if elapsed > 0 else 0.0,
+        "staleness_max": max(stale) if stale else -1,
+        "staleness_mean": sum(k * v for k, v in stale.items()) / rows if rows else -1.0,
+    })
+    return metrics
+
+
+def _report_epoch(w: _Worker, record: dict[str, Any], final: bool) -> None:
+    """Report the epoch's flat metrics with a checkpoint: rank 0 writes the model, the
+    optimiser and every rank's counts; after the last epoch also every rank's summary
+    (``workers.json``), which the driver reads from the final checkpoint."""
     import ray.train
 
-    summaries = [_summary(w).to_json()]
-    if final and w.world > 1:
-        import torch.distributed as dist
-
-        gathered: list[Any] = [None] * w.world
-        dist.all_gather_object(gathered, summaries[0])
-        summaries = gathered
-    metrics = {"epoch": len(w.state.epochs), "workers": summaries if final else []}
+    ranks = _gather(w, accounting_json(w.accounting))
+    summaries = _gather(w, _summary(w).to_json()) if final else None
+    metrics = epoch_metrics(w, record)
     if w.rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        save_train_state(Path(tmp), w.inner, w.optimizer, w.spec, w.state, w.accounting)
+        save_train_state(Path(tmp), w.inner, w.optimizer, w.spec, w.state, ranks)
+        if summaries is not None:
+            write_json(Path(tmp) / WORKERS_FILE, summaries)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -242,9 +305,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     w = _setup(loop_config)
-    load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting)
-    if w.sync is not None:
-        w.sync.start(w.state.step, resumed=w.state.restarts > 0)
+    load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting,
+                     rank=w.rank)
+    if w.handoff is not None:
+        w.handoff.publish(w.inner, w.state.step)
     sets = loop_config["train_sets"]  # one per epoch when shuffling
     for epoch in range(len(w.state.epochs), w.cfg.epochs):
         shard = ray.train.get_dataset_shard(sets[epoch] if len(sets) > 1 else sets[0])
@@ -256,4 +320,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 record[key] = _evaluate(w, ray.train.get_dataset_shard(name))
         w.state.epochs.append(record)
         w.meter.epoch_line(record, w.cfg.epochs)
-        _report_epoch(w, final=epoch == w.cfg.epochs - 1)
+        _report_epoch(w, record, final=epoch == w.cfg.epochs - 1)
