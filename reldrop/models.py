@@ -1,4 +1,5 @@
-"""Models by name: a small VGG-style CNN, a ResNet-18 for small inputs, a small PointNet, any
+"""Models by name: a small VGG-style CNN, a ResNet-18 for small inputs, a small PointNet, Ross et
+al.'s MLP (``mlp``), any
 torchvision classification model (``torchvision:resnet50``) and your own
 (``package.module:factory``, called as ``factory(in_channels=..., num_classes=...)``).
 
@@ -20,7 +21,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from reldrop.registry import Registry
 
-__all__ = ["MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model", "resolve_model"]
+__all__ = ["MLP", "MODELS", "PointNet", "SmallResNet18", "SmallVGG", "build_model", "resolve_model"]
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -112,12 +113,39 @@ class PointNet(nn.Module):
         return (self.head(h), h) if return_embedding else self.head(h)
 
 
+class MLP(nn.Module):
+    """The multilayer perceptron of Ross et al. 2017's DecoyMNIST experiments (dtak/rrr): two
+    ReLU layers of 50 and 30 units on the flattened image. Inputs of another size than
+    ``image_size`` are average-pooled to it first (identity at 28 x 28)."""
+
+    canonizer = "none"
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                 hidden: tuple[int, ...] = (50, 30)) -> None:
+        super().__init__()
+        self.resize = nn.AdaptiveAvgPool2d((image_size, image_size))
+        widths = (in_channels * image_size * image_size, *hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.resize(x))  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor, return_embedding: bool = False) -> Any:
+        h = self.embed(x)
+        return (self.head(h), h) if return_embedding else self.head(h)
+
+
 ModelFactory = Callable[..., nn.Module]
 #: built-in models: name -> factory(in_channels=, num_classes=)
 MODELS: Registry[ModelFactory] = Registry("model")
 MODELS.add("small-cnn", SmallVGG)
 MODELS.add("resnet18", SmallResNet18)
 MODELS.add("pointnet", PointNet)
+MODELS.add("mlp", MLP)
 
 
 def _torchvision_factory(name: str, arch: str) -> ModelFactory:

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from reldrop.models import MODELS, PointNet, SmallResNet18, SmallVGG, build_model
+from reldrop.models import MLP, MODELS, PointNet, SmallResNet18, SmallVGG, build_model
 
 
 @pytest.mark.parametrize(
     "name,shape,embed_dim",
-    [("small-cnn", (1, 16, 16), 128), ("resnet18", (3, 8, 8), 512), ("pointnet", (20, 3), 128)],
+    [("small-cnn", (1, 16, 16), 128), ("resnet18", (3, 8, 8), 512), ("pointnet", (20, 3), 128),
+     ("mlp", (1, 28, 28), 30), ("mlp", (3, 8, 8), 30)],
 )
 def test_forward_and_embed_shapes(name, shape, embed_dim):
     in_channels = shape[0] if name != "pointnet" else shape[1]
@@ -24,7 +25,9 @@ def test_forward_and_embed_shapes(name, shape, embed_dim):
 
 
 def test_registry_and_canonizer_names():
-    assert MODELS == {"small-cnn": SmallVGG, "resnet18": SmallResNet18, "pointnet": PointNet}
+    assert MODELS == {"small-cnn": SmallVGG, "resnet18": SmallResNet18, "pointnet": PointNet,
+                      "mlp": MLP}
+    assert MLP.canonizer == "none"
     assert SmallVGG.canonizer == "sequential" and PointNet.canonizer == "sequential"
     assert SmallResNet18.canonizer == "resnet"
 
@@ -39,7 +42,7 @@ def test_pointnet_is_permutation_invariant():
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"name": "vgg16"}, r"model='vgg16' is unknown; known models: \['pointnet', 'resnet18', 'small-cnn'\]"),
+        ({"name": "vgg16"}, r"model='vgg16' is unknown; known models: \['mlp', 'pointnet', 'resnet18', 'small-cnn'\]"),
         ({"in_channels": 0}, "in_channels=0"),
         ({"num_classes": 1}, "num_classes=1"),
     ],

@@ -93,6 +93,14 @@ def test_async_end_to_end_with_explainer_killed(ray_local, decoy_root, tmp_path)
     assert handoff["lost"] >= 1 and handoff["resent"] + handoff["in_loop_rows"] >= 1
     _assert_exactly_once(report, 320)
     assert 0 <= saved["throughput"]["trainer_wait_fraction"] <= 1
+    # Ray's own result tools see flat scalars per epoch
+    from ray.train import Result
+
+    (run_dir,) = (tmp_path / "run" / "ray_results").iterdir()
+    frame = Result.from_path(str(run_dir)).metrics_dataframe
+    assert {"loss", "train_accuracy", "test_accuracy", "ood_accuracy", "samples_per_s",
+            "staleness_max"} <= set(frame.columns)
+    assert len(frame) >= 1 and (frame["staleness_max"] <= 2).all()
 
 
 def test_corrupt_shard_is_skipped_and_counted(ray_local, decoy_root, tmp_path):

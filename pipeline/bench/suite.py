@@ -27,14 +27,13 @@ from reldrop.pipeline.training.config import TrainConfig
 
 __all__ = ["AHEAD_STEPS", "BenchConfig", "run_bench"]
 
-#: Trainer steps the explainers may run ahead (``max_staleness = sync_every + 1 + AHEAD_STEPS``).
-#: With fewer, the gate admits less than Ray Data holds before the trainer's first batch (about
-#: two 100-row input blocks) and the explainer stalls until ``StageConfig.gate_timeout_s``.
-AHEAD_STEPS = 6
+#: Trainer steps the hand-off sends batches ahead (the default bound of 2 at publish every step):
+#: ``max_staleness = sync_every - 1 + AHEAD_STEPS``.
+AHEAD_STEPS = 2
 
 
 def _max_staleness(sync_every: int) -> int:
-    return sync_every + 1 + AHEAD_STEPS
+    return sync_every - 1 + AHEAD_STEPS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +51,7 @@ class BenchConfig:
     model: str = "small-cnn"
     batch_size: int = 64
     threads: int = 1
-    sync_every: int = 4
+    sync_every: int = 1
     sync_repeats: int | None = None
     seed: int = 0
     command: str = "reldrop bench"

@@ -53,12 +53,14 @@ class ExplainerActor:
     def explain(self, chunk: Columns, epoch: int, version: int, weights: list[Any]) -> Columns:
         """``weights``: ``[ObjectRef]`` of version ``version`` (a list, so Ray passes the
         reference instead of resolving it on every call)."""
+        start = time.perf_counter()
         if version != self.stage.version and weights:
-            start = time.perf_counter()
             self.stage.load(version, ray.get(weights[0]))
             self.fetch_ms.append((time.perf_counter() - start) * 1e3)
         with padded(self.device.lrp_s(len(chunk["label"]))):
-            return self.stage.explain(dict(chunk), epoch)
+            columns = self.stage.explain(dict(chunk), epoch)
+        self.stage.counters["busy_s"] += time.perf_counter() - start
+        return columns
 
     def ping(self) -> int:
         return os.getpid()

@@ -24,6 +24,7 @@ from reldrop.normalization import Normalization
 from reldrop.pipeline.data.stream import DataPlan, plan_split, read_split
 from reldrop.pipeline.explanation.stage import StageConfig
 from reldrop.pipeline.training.config import DEFAULT_DATA_DIR, TrainConfig
+from reldrop.pipeline.training.console import run_console
 from reldrop.pipeline.training.report import (
     WORKERS_FILE,
     RunReport,
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 DEMO_DATASET = "decoy-mnist"
+#: everything a run's processes print beyond its own lines (see :mod:`.console`)
+LOG_FILE = "run.log"
 
 
 def default_data(seed: int = 0) -> tuple[str, str, str]:
@@ -157,12 +160,17 @@ class _Run:
     remote_out: str | None  # where they are uploaded, if ``cfg.out`` is a URL
 
 
-def _prepare(cfg: TrainConfig, run_id: str | None) -> _Run:
-    import ray
-
+def _output_dir(cfg: TrainConfig) -> tuple[Path, str | None]:
+    """The local directory for the run's files, and the URL they are uploaded to (if any)."""
     remote_out = cfg.out if _is_remote(cfg.out) else None
     out = (Path(tempfile.mkdtemp(prefix="reldrop-out-")) if remote_out
            else Path(cfg.out.removeprefix("file://")).absolute())
+    return out, remote_out
+
+
+def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | None) -> _Run:
+    import ray
+
     if cfg.train is None:
         train, test, ood = default_data(cfg.seed)
         cfg = replace(cfg, train=train, test=cfg.test or test, ood_test=cfg.ood_test or ood)
@@ -302,9 +310,19 @@ def run_training(
     """Train per ``cfg``; write ``report.json``, the checkpoint and plots to ``cfg.out``;
     return the report's content."""
     start = time.perf_counter()
-    run = _prepare(cfg, run_id)
+    out, remote_out = _output_dir(cfg)
+    with run_console(out / LOG_FILE):
+        run = _prepare(cfg, run_id, out, remote_out)
+        if verbose:
+            print(_banner(run), flush=True)
+        report = _train(run, start)
     if verbose:
-        print(_banner(run), flush=True)
+        print(summary_table(report), flush=True)
+    return report.to_json()
+
+
+def _train(run: _Run, start: float) -> RunReport:
+    """Explainers, Ray Train, the report and the run's files."""
     explainers = _start_explainers(run)
     result, explainer_stats = _fit(run, _trainer(run, _datasets(run)), explainers)
     report = assemble_report(
@@ -317,9 +335,7 @@ def run_training(
                  "explainer_cpus": run.res.explainer_cpus, "resources": run.res.to_json()},
     )
     _write_outputs(run, result, report, start)
-    if verbose:
-        print(summary_table(report), flush=True)
-    return report.to_json()
+    return report
 
 
 def _write_outputs(run: _Run, result: Any, report: RunReport, start: float) -> None:
@@ -327,7 +343,8 @@ def _write_outputs(run: _Run, result: Any, report: RunReport, start: float) -> N
     run.out.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt_dir:
         shutil.copyfile(Path(ckpt_dir) / "model.safetensors", checkpoint)
-    report.paths = {"checkpoint": str(checkpoint), "report": str(run.out / "report.json")}
+    report.paths = {"checkpoint": str(checkpoint), "report": str(run.out / "report.json"),
+                    "log": str(run.out / LOG_FILE)}
     report.paths.update(_plots(run.out, report, checkpoint, run.cfg))
     report.wall_s = time.perf_counter() - start
     if run.remote_out:

@@ -295,6 +295,7 @@ def summary_table(report: RunReport) -> str:
         ("restarts", fmt(report.restarts)),
         ("wall time (s)", fmt(report.wall_s)),
         ("report", report.paths.get("report", "-")),
+        ("log", report.paths.get("log", "-")),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

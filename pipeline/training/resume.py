@@ -50,9 +50,11 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def accounting_json(accounting: BatchAccounting) -> dict[str, Any]:
-    """One rank's counts as JSON (each rank's go into the checkpoint: ranks count apart)."""
+def accounting_json(accounting: BatchAccounting, state: TrainState | None = None) -> dict[str, Any]:
+    """One rank's counts and epoch figures as JSON (each rank's go into the checkpoint: ranks
+    see different rows)."""
     return {
+        "epochs": state.epochs if state is not None else [],
         "counts": dict(accounting.counts), "staleness": {str(k): v for k, v in accounting.staleness.items()},
         "versions": sorted(accounting.versions), "reasons": accounting.reasons, "keys": accounting.keys,
         "shards": accounting.shards,
@@ -87,9 +89,9 @@ def load_train_state(
         saved = json.loads((directory / STATE_FILE).read_text())
         tensors = load_file(str(directory / OPTIMIZER_FILE))
     optimizer.load_state_dict(_optimizer_state(tensors, saved["optimizer"]))
-    state.step, state.epochs = int(saved["step"]), list(saved["epochs"])
-    state.restarts = int(saved["restarts"]) + 1
     mine = saved["ranks"][rank] if "ranks" in saved else saved  # older checkpoints: one rank
+    state.step, state.epochs = int(saved["step"]), list(mine.get("epochs") or saved["epochs"])
+    state.restarts = int(saved["restarts"]) + 1
     accounting.counts = Counter(mine["counts"])
     accounting.staleness = Counter({int(k): int(v) for k, v in mine["staleness"].items()})
     accounting.versions = set(mine["versions"])

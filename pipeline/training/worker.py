@@ -287,7 +287,7 @@ def _report_epoch(w: _Worker, record: dict[str, Any], final: bool) -> None:
     (``workers.json``), which the driver reads from the final checkpoint."""
     import ray.train
 
-    ranks = _gather(w, accounting_json(w.accounting))
+    ranks = _gather(w, accounting_json(w.accounting, w.state))
     summaries = _gather(w, _summary(w).to_json()) if final else None
     metrics = epoch_metrics(w, record)
     if w.rank != 0:
