@@ -256,3 +256,16 @@ def test_cause_kept_only_as_text_is_found() -> None:
         "bad training data: shard '/d/train-000000.tar', sample 'tr2': label 2 is outside the "
         "classes [0, 2)"
     )
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-staleness", "0"], "max_staleness=0 with mode='async' is in-loop explanation: use --mode sync"),
+    (["--simulate-step-ms", "-5"], "simulate_step_ms=-5.0; expected a finite number"),
+    (["--simulate-lrp-ms", "inf"], "simulate_lrp_ms=inf; expected a finite number"),
+    (["--trainers", "3", "--explainers", "2"], "explainers=2 for trainers=3"),
+])
+def test_impossible_handoff_settings_are_one_line_before_ray(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["train", "--train", "/nowhere#train", *flags]) == 2
+    _one_line(capsys, f"reldrop train: {message}")

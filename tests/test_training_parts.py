@@ -331,6 +331,7 @@ def test_train_config_bound_is_the_handoff_depth_plus_publish_lag() -> None:
     ({"max_staleness": 0}, "use --mode sync"),
     ({"sync_every": 3, "max_staleness": 2}, "must be >= sync_every"),
     ({"trainers": 2, "explainers": 1}, "explainers >= --trainers"),
+    ({"explainers": True}, "explainers"),
     ({"simulate_step_ms": -1.0}, "simulate_step_ms"),
     ({"simulate_lrp_ms": float("nan")}, "simulate_lrp_ms"),
     ({"explainer_wait_s": 0.0}, "explainer_wait_s"),
@@ -338,6 +339,13 @@ def test_train_config_bound_is_the_handoff_depth_plus_publish_lag() -> None:
 def test_train_config_refuses_impossible_handoffs(kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
+
+
+def test_one_explainer_per_trainer_by_default() -> None:
+    from reldrop.pipeline.training.scaling import plan_resources
+
+    res = plan_resources(TrainConfig(trainers=3), cluster_cpus=8, cluster_gpus=0)
+    assert res.explainers_min == res.explainers_max == 3
 
 
 def test_bound_zero_is_fine_without_explainers() -> None:

@@ -83,9 +83,11 @@ def render(result: dict[str, Any]) -> str:
 
     lines += ["## 3. Weight sync (publish -> every explainer holds the version)", ""]
     lines += _table(
-        ["model", "MB", "explainers", "median ms", "max ms", "ray.put ms", "repeats"],
+        ["model", "MB", "explainers", "publish->held median ms", "max ms", "publish call ms",
+         "put ms", "fetch ms", "train step ms", "repeats"],
         [[w["model"], w["megabytes"], w["explainers"], w["sync_ms_median"], w["sync_ms_max"],
-          w["put_ms_median"], w["repeats"]] for w in result["weight_sync"].values()],
+          w.get("publish_call_ms_median"), w["put_ms_median"], w.get("fetch_ms_median"),
+          w.get("step_ms"), w["repeats"]] for w in result["weight_sync"].values()],
     )
 
     lines += ["## 4. Staleness (trainer step - model version of the row)", ""]

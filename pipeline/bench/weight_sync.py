@@ -1,9 +1,11 @@
-"""Weight sync latency: from the trainer's publish to every explainer holding the new version.
+"""Weight publish and fetch through the hand-off, against a training step of the same model.
 
-Followers are plain Ray actors that each hold an :class:`~reldrop.pipeline.explanation.stage.ExplainerStage`
-and refresh it through its own code path (``latest`` on the :mod:`reldrop.pipeline.explanation.weights`, pull
-the object, ``load_numpy_state``), polling as fast as an idle explainer would. The clock starts
-before the driver validates and ``ray.put``s the numpy state dict, as in the trainer's publish.
+The trainer's :meth:`~reldrop.pipeline.explanation.handoff.Handoff.publish` copies the weights to
+host arrays (on the step's critical path: ``publish_call_ms``) and puts them into the object
+store beside the next step (``put_ms``); an explainer fetches a version when the first chunk
+naming it arrives (``fetch_ms``, zero-copy on the same node). ``sync_ms`` is the whole trip:
+publish until every explainer has explained a one-row chunk with the new version. ``step_ms`` is
+an in-process SGD step at ``batch`` rows on this machine, for scale.
 """
 
 from __future__ import annotations
@@ -13,66 +15,67 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import ray
+import torch
 
-from reldrop.checkpoint import ModelSpec, state_to_numpy
+from reldrop.checkpoint import ModelSpec
 from reldrop.occlusion import OcclusionConfig
-from reldrop.pipeline.explanation.stage import ExplainerStage, StageConfig
-from reldrop.pipeline.explanation.weights import WeightStoreClient
+from reldrop.pipeline.explanation.handoff import Handoff
+from reldrop.pipeline.explanation.pool import ExplainerActor, RayTransport
+from reldrop.pipeline.explanation.stage import StageConfig
 
 __all__ = ["measure_weight_sync"]
 
 
-@ray.remote(num_cpus=0)
-class _Follower:
-    """An explainer replica that only refreshes weights."""
-
-    def __init__(self, config: StageConfig) -> None:
-        self.stage = ExplainerStage(config)  # waits for version 0
-
-    def wait_for(self, version: int, poll_s: float, timeout_s: float) -> tuple[float, int]:
-        """Refresh until holding ``version``; return (wall clock when loaded, version held)."""
-        deadline = time.monotonic() + timeout_s
-        while self.stage.version < version and time.monotonic() < deadline:
-            self.stage._refresh()  # the explainer's own per-batch refresh
-            if self.stage.version < version:
-                time.sleep(poll_s)
-        return time.time(), self.stage.version
+def _step_ms(model: torch.nn.Module, shape: tuple[int, ...], classes: int, batch: int) -> float:
+    x, y = torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    times = []
+    for _ in range(4):
+        start = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times[1:])
 
 
 def measure_weight_sync(
-    spec: ModelSpec, *, explainers: int = 2, repeats: int = 5, poll_s: float = 0.002,
-    timeout_s: float = 30.0,
+    spec: ModelSpec, *, explainers: int = 2, repeats: int = 5, batch: int = 64, size: int = 28,
 ) -> dict[str, Any]:
-    """Publish ``repeats`` new versions of ``spec``'s model; time until all followers hold each."""
-    run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    client = WeightStoreClient(run_id, max_ahead=1 << 30, create=True)
+    """Publish ``repeats`` versions of ``spec``'s model to ``explainers`` actors; see above."""
+    config = StageConfig(run_id=f"bench-{uuid.uuid4().hex[:8]}", spec=spec.to_json(),
+                         occlusion=OcclusionConfig(strategy="reldrop-pixel", p=1.0))
+    actors = [ExplainerActor.options(num_cpus=0).remote(config)  # type: ignore[attr-defined]
+              for _ in range(explainers)]
+    handoff = Handoff(RayTransport(actors), depth=1)
     model = spec.build()
-    state = state_to_numpy(model)
-    megabytes = sum(a.nbytes for a in state.values()) / 2**20
-    client.publish(0, state)
-    config = StageConfig(run_id=run_id, spec=spec.to_json(), occlusion=OcclusionConfig(strategy="reldrop-pixel"))
-    followers = [_Follower.remote(config) for _ in range(explainers)]  # type: ignore[attr-defined]
+    shape = (spec.in_channels, size, size)
+    chunk = {"key": np.array(["k"]), "label": np.zeros(1, np.int64),
+             "image": np.zeros((1, *shape), np.uint8), "skipped": np.zeros(1, bool)}
+    call_ms, sync_ms = [], []
     try:
-        ray.get([f.wait_for.remote(0, poll_s, timeout_s) for f in followers], timeout=120)
-        sync_ms, put_ms = [], []
-        for version in range(1, repeats + 1):
-            pending = [f.wait_for.remote(version, poll_s, timeout_s) for f in followers]
-            time.sleep(0.2)  # followers are polling
-            start = time.time()
-            put = client.put(state_to_numpy(model))  # validated, then one ray.put
-            put_ms.append((time.time() - start) * 1e3)
-            client.publish(version, put)
-            done = ray.get(pending, timeout=timeout_s + 10)
-            if any(v < version for _, v in done):
-                raise RuntimeError(f"weight sync: a follower did not reach version {version} in {timeout_s} s")
-            sync_ms.append((max(t for t, _ in done) - start) * 1e3)
+        for version in range(repeats + 1):
+            start = time.perf_counter()
+            handoff.publish(model, version)
+            call_ms.append((time.perf_counter() - start) * 1e3)
+            handoff.wait_published()  # the put itself is timed too
+            refs = [handoff.transport.submit(i, chunk, 0, version) for i in range(explainers)]
+            ray.get(refs, timeout=120)
+            sync_ms.append((time.perf_counter() - start) * 1e3)
+        fetch = [f for a in actors for f in ray.get(a.stats.remote())["fetch_ms"][1:]]
     finally:
-        for f in followers:
-            ray.kill(f)
-        client.kill()
+        handoff.close()
+        for actor in actors:
+            ray.kill(actor)
+    put = handoff.stats.publish_ms[1:]
+    megabytes = sum(v.numel() * v.element_size() for v in model.state_dict().values()) / 2**20
     return {
         "model": spec.name, "megabytes": megabytes, "explainers": explainers, "repeats": repeats,
-        "sync_ms_median": statistics.median(sync_ms), "sync_ms_max": max(sync_ms),
-        "put_ms_median": statistics.median(put_ms), "sync_ms": sync_ms,
+        "sync_ms_median": statistics.median(sync_ms[1:]), "sync_ms_max": max(sync_ms[1:]),
+        "put_ms_median": statistics.median(put), "publish_call_ms_median": statistics.median(call_ms[1:]),
+        "fetch_ms_median": statistics.median(fetch) if fetch else None,
+        "step_ms": _step_ms(model, shape, spec.num_classes, batch), "batch": batch,
+        "sync_ms": sync_ms[1:],
     }

@@ -153,7 +153,7 @@ class Handoff:
         inner = getattr(model, "module", model)  # DDP wraps the model
         inner = inner if isinstance(inner, nn.Module) else model
         weights = {k: v.detach().to("cpu", copy=True).numpy() for k, v in inner.state_dict().items()}
-        self._wait_published()
+        self.wait_published()
         self._published = self._publisher.submit(self._put, version, weights, start)
         self.version = int(version)
 
@@ -161,7 +161,8 @@ class Handoff:
         self.transport.publish(version, weights)
         self.stats.publish_ms.append((time.perf_counter() - start) * 1e3)
 
-    def _wait_published(self) -> None:
+    def wait_published(self) -> None:
+        """Block until the last :meth:`publish` is in the transport (counted as blocked)."""
         if self._published is not None:
             start = time.perf_counter()
             self._published.result()
@@ -169,7 +170,7 @@ class Handoff:
             self._published = None
 
     def close(self) -> None:
-        self._wait_published()
+        self.wait_published()
         self._publisher.shutdown(wait=True)
 
     # ---- the schedule ----------------------------------------------------------------------
@@ -197,7 +198,7 @@ class Handoff:
         return [i for i in range(self.transport.size) if i not in self._down]
 
     def _dispatch(self, batch: dict[str, Any], epoch: int) -> _Ticket:
-        self._wait_published()
+        self.wait_published()
         n = len(batch["label"])
         live = self._live()
         parts: list[_Part] = []

@@ -152,8 +152,10 @@ class TrainConfig:
     max_failures: int = option(0, "trainer", "trainer worker failures to recover from by "
                                "restarting from the last epoch checkpoint")
     # explainer
-    explainers: int | str = option(1, "explainer", "explainer actors, or 'auto' (autoscaling pool)",
-                                   parse=explainer_count)
+    explainers: int | str | None = option(
+        None, "explainer", "explainer actors (default: one per trainer), or 'auto' (as many as "
+        "the free resources hold); a batch is cut into one chunk per explainer of its trainer",
+        parse=explainer_count)
     explainers_max: int | None = option(None, "explainer", "upper bound of --explainers auto "
                                         "(default: what the cluster's free resources allow)")
     explainer_cpus: float | None = option(None, "explainer", "CPUs per explainer actor "
@@ -314,8 +316,10 @@ def _check_numbers(cfg: TrainConfig) -> None:
             raise _bad(cfg, name, "an integer >= 1 or unset")
     if cfg.num_gpus is not None and cfg.num_gpus < 0:
         raise _bad(cfg, "num_gpus", "an integer >= 0 or unset")
-    if not (cfg.explainers == "auto" or (isinstance(cfg.explainers, int) and cfg.explainers >= 1)):
-        raise _bad(cfg, "explainers", "an integer >= 1 or 'auto'")
+    if not (cfg.explainers in (None, "auto") or (isinstance(cfg.explainers, int)
+                                                 and not isinstance(cfg.explainers, bool)
+                                                 and cfg.explainers >= 1)):
+        raise _bad(cfg, "explainers", "an integer >= 1, 'auto' or unset")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise _bad(cfg, "lr", "a positive finite number")
     positive = ("trainer_cpus", "explainer_cpus", "trainer_gpus")

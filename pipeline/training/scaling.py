@@ -72,7 +72,7 @@ def _explainer_gpus(cfg: TrainConfig, gpus: float, trainer_gpus: float, count: i
 
 def _explainer_count(cfg: TrainConfig, cpus_left: float, gpus_free: float) -> tuple[int, int]:
     if cfg.explainers != "auto":
-        count = int(cfg.explainers)
+        count = int(cfg.explainers or cfg.trainers)  # default: one per trainer
         return count, count
     if cfg.explainers_max is not None:
         return 1, cfg.explainers_max
