@@ -1,8 +1,11 @@
 """The distributed side of reldrop: shards over fsspec, Ray Data explainer stage, weight store,
 Ray Train trainer.
 
-The public stage API is importable from here: :func:`add_explainer_stage`,
-:class:`WeightPublisher`, :func:`apply_drop`, :class:`StagePlan`. Everything else lives in the
+The public API is importable from here: the shallow hand-off for your own training loop
+(:class:`Handoff` over :func:`start_explainers` / :class:`RayTransport`, or
+:class:`LocalTransport` in one process), :func:`apply_drop` (the fill), and the older Ray Data
+stage (:func:`add_explainer_stage`, :class:`WeightPublisher`, :class:`StagePlan`: its staleness
+gate cannot go below about five steps). Everything else lives in the
 submodules (``reldrop.pipeline.data.shards``, ``reldrop.pipeline.training.driver``, ...). Names
 are imported on first use, so ``import reldrop.pipeline`` stays light (no Ray import).
 """
@@ -12,9 +15,27 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = ["StagePlan", "WeightPublisher", "add_explainer_stage", "apply_drop", "staleness"]
+__all__ = [
+    "Handoff",
+    "LocalTransport",
+    "RayTransport",
+    "SimulatedDevice",
+    "StagePlan",
+    "WeightPublisher",
+    "add_explainer_stage",
+    "apply_drop",
+    "explainers_of_rank",
+    "staleness",
+    "start_explainers",
+]
 
 _WHERE = {
+    "Handoff": "reldrop.pipeline.explanation.handoff",
+    "LocalTransport": "reldrop.pipeline.explanation.handoff",
+    "RayTransport": "reldrop.pipeline.explanation.pool",
+    "start_explainers": "reldrop.pipeline.explanation.pool",
+    "explainers_of_rank": "reldrop.pipeline.explanation.pool",
+    "SimulatedDevice": "reldrop.pipeline.simulated",
     "StagePlan": "reldrop.pipeline.explanation.plan",
     "WeightPublisher": "reldrop.pipeline.explanation.publisher",
     "staleness": "reldrop.pipeline.explanation.publisher",
