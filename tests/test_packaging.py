@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -135,15 +136,18 @@ def test_wheel_installs_one_typed_namespace(tmp_path: Path) -> None:
 
     python, site = _bare_venv(tmp_path / "venv")
     _pip("--target", str(site), str(wheel))
+    # the wheel's install first, then this environment's packages (torch, ...) as a plain path:
+    # -S leaves its .pth files unread, so an editable install of a checkout does not answer
     probe = (
-        "import importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
+        "import importlib.util, sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]);"
         "import reldrop.pipeline.training.config as c, reldrop.jobs.cli as j;"
         "assert c.__file__.startswith(sys.argv[1]) and j.__file__.startswith(sys.argv[1]);"
         "bad = [n for n in ('pipeline', 'jobs', 'studies') if importlib.util.find_spec(n)];"
         "assert not bad, bad"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", probe, str(site)], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-S", "-c", probe, str(site),
+                           sysconfig.get_paths()["purelib"]], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     _assert_real_classes(_user_mypy(tmp_path, python))
