@@ -19,7 +19,7 @@ import argparse
 import copy
 import math
 import tomllib
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +36,7 @@ __all__ = [
     "finite_float",
     "finite_nonneg_float",
     "load_config_file",
+    "name_list",
     "new_parser",
     "nonneg_int",
     "parse_with_config",
@@ -195,7 +196,7 @@ def add_trust_flags(parser: argparse.ArgumentParser, *, model_flag: bool) -> Non
 def _check_file_model(defaults: dict[str, Any], pre: argparse.Namespace) -> None:
     """A config file may not name an import-path model unless the command line does too;
     nothing is imported before this check."""
-    from reldrop.models import check_model_trust  # noqa: PLC0415
+    from reldrop.models import check_model_trust
 
     name = defaults.get("model")
     if isinstance(name, str):
@@ -423,3 +424,19 @@ def parse_with_config(
                 action.required = False
         parser.set_defaults(**defaults)
     return parser.parse_args(argv)
+
+
+def name_list(known: Callable[[], Iterable[str]]) -> Callable[[str], list[str]]:
+    """An argparse type: ``a,b,c`` -> the names, each one of ``known()`` (read when parsing,
+    so registries may fill late)."""
+
+    def parse(text: str) -> list[str]:
+        allowed = list(known())
+        names = [n.strip() for n in str(text).split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"{unknown or text!r}: expected comma-separated names from {allowed}")
+        return names
+
+    return parse

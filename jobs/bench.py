@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.studies.bench.simulate import SimulateConfig, run_simulation
+    from reldrop.pipeline.bench.simulate import SimulateConfig, run_simulation
 
     config = SimulateConfig(
         out=args.out if args.out != "runs/bench" else "runs/simulate", step_ms=args.step_ms,
@@ -79,7 +79,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.studies.bench import BenchConfig, run_bench  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.bench import BenchConfig, run_bench  # heavy import
 
     configure_storage(args.storage_options)
     if args.simulate:

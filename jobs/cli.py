@@ -85,7 +85,7 @@ def _one_line(text: str) -> str:
 def _data_line(err: BaseException) -> str | None:
     """The ``shard '...', sample '...'`` line in a Ray error that kept only the cause's text."""
     try:
-        from reldrop.pipeline.data.stream import data_error  # noqa: PLC0415 (error path only)
+        from reldrop.pipeline.data.stream import data_error  # error path only
     except ImportError:
         return None
     return data_error(err)
@@ -132,7 +132,7 @@ def _interrupted(command: str, args: object, signal_name: str) -> str:
     out = getattr(args, "out", None)
     where = ""
     if command == "train" and out:
-        from reldrop.pipeline.training.ray_results import last_checkpoint  # noqa: PLC0415
+        from reldrop.pipeline.training.ray_results import last_checkpoint
 
         last = last_checkpoint(out)
         if last is not None:
@@ -148,7 +148,7 @@ def _run(command: str, argv: list[str], *, own_process: bool) -> int:
     debug = "--debug" in argv
     args: object = None
     if own_process:
-        from reldrop.pipeline.interrupts import install_handlers  # noqa: PLC0415
+        from reldrop.pipeline.interrupts import install_handlers
 
         install_handlers()
     try:
@@ -208,13 +208,13 @@ def usage() -> str:
 
 
 def version() -> str:
-    import reldrop  # noqa: PLC0415
+    import reldrop
 
     return f"reldrop {reldrop.__version__}"
 
 
 def _terminated() -> type[BaseException]:
-    from reldrop.pipeline.interrupts import Terminated  # noqa: PLC0415
+    from reldrop.pipeline.interrupts import Terminated
 
     return Terminated
 

@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reldrop.pipeline.job_configs import EvaluateConfig  # noqa: PLC0415
+    from reldrop.pipeline.job_configs import EvaluateConfig
 
     parser = new_parser("reldrop evaluate", __doc__ or "")
     add_config_flags(parser, EvaluateConfig)
@@ -31,8 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.job_configs import EvaluateConfig, from_namespace  # noqa: PLC0415
-    from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.job_configs import EvaluateConfig, from_namespace
+    from reldrop.pipeline.evaluation.evaluate import evaluate_checkpoint  # heavy import
 
     configure_storage(args.storage_options)
     cfg = from_namespace(EvaluateConfig, args)

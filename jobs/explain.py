@@ -18,7 +18,7 @@ __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reldrop.pipeline.job_configs import ExplainConfig  # noqa: PLC0415
+    from reldrop.pipeline.job_configs import ExplainConfig
 
     parser = new_parser("reldrop explain", __doc__ or "")
     add_config_flags(parser, ExplainConfig)
@@ -30,8 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.explanation.precompute import explain_dataset  # noqa: PLC0415
-    from reldrop.pipeline.job_configs import ExplainConfig, from_namespace  # noqa: PLC0415
+    from reldrop.pipeline.explanation.precompute import explain_dataset
+    from reldrop.pipeline.job_configs import ExplainConfig, from_namespace
 
     configure_storage(args.storage_options)
     cfg = from_namespace(ExplainConfig, args)

@@ -19,7 +19,7 @@ __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reldrop.pipeline.job_configs import MakeShardsConfig  # noqa: PLC0415
+    from reldrop.pipeline.job_configs import MakeShardsConfig
 
     parser = new_parser("reldrop make-shards", __doc__ or "")
     add_config_flags(parser, MakeShardsConfig)
@@ -31,8 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415 (heavy import)
-    from reldrop.pipeline.job_configs import MakeShardsConfig, from_namespace  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import build_dataset  # heavy import
+    from reldrop.pipeline.job_configs import MakeShardsConfig, from_namespace
 
     configure_storage(args.storage_options)
     cfg = from_namespace(MakeShardsConfig, args)

@@ -17,7 +17,7 @@ __all__ = ["build_parser", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reldrop.pipeline.training.config import TrainConfig  # noqa: PLC0415
+    from reldrop.pipeline.training.config import TrainConfig
 
     parser = new_parser("reldrop train", __doc__ or "")
     add_config_flags(parser, TrainConfig)
@@ -30,8 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.training.config import TrainConfig  # noqa: PLC0415
-    from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415 (heavy import)
+    from reldrop.pipeline.training.config import TrainConfig
+    from reldrop.pipeline.training.driver import run_training  # heavy import
 
     configure_storage(args.storage_options)
     config = TrainConfig.from_namespace(args)

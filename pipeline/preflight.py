@@ -88,8 +88,8 @@ def check_training_run(spec: ModelSpec, manifest: Manifest, others: list[str | N
     """Before a training cluster starts: the model builds (a user factory is called once), takes
     the training data and returns logits; the evaluation sets ``others`` (``ROOT#split`` URLs)
     hold data of the same kind."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
-    from reldrop.pipeline.data.stream import parse_data_url  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import read_manifest
+    from reldrop.pipeline.data.stream import parse_data_url
 
     where = f"--model {spec.name!r}"
     check_spec_fits(spec, manifest, where=where)

@@ -1,14 +1,27 @@
 """reldrop: Relevance-driven Input Dropout (Grüne et al. 2025, arXiv 2505.21595).
 
 The algorithm layer (this folder's modules): pure torch + zennit, usable without Ray. The
-distributed layers install as ``reldrop.pipeline`` (Ray, shards, streaming) and
-``reldrop.jobs`` (command-line entry points).
+distributed layers live in the repository's top-level folders ``pipeline/`` (Ray, shards,
+streaming) and ``jobs/`` (command-line entry points); the links ``reldrop/pipeline`` and
+``reldrop/jobs`` make them ``reldrop.pipeline`` and ``reldrop.jobs`` for every tool, and the
+wheel holds them as real files.
 """
 
 
 from importlib import import_module as _import_module
 from pathlib import Path as _Path
+from typing import TYPE_CHECKING
 from typing import Any as _Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
+    from reldrop.augment import AugmentStats, RelDrop
+    from reldrop.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+    from reldrop.composites import COMPOSITES, make_composite
+    from reldrop.models import MODELS, build_model
+    from reldrop.normalization import Normalization
+    from reldrop.occlusion import STRATEGIES, Occluder, OcclusionConfig, OcclusionResult
+    from reldrop.optimizers import OPTIMIZERS, make_optimizer
+    from reldrop.relevance import attribution, relevance
 
 #: public name -> the module that defines it; imported on first use, so that ``import reldrop``
 #: (and every ``reldrop <command> --help``) does not import torch and zennit
@@ -27,6 +40,8 @@ _WHERE = {
     "Occluder": "reldrop.occlusion",
     "OcclusionConfig": "reldrop.occlusion",
     "OcclusionResult": "reldrop.occlusion",
+    "OPTIMIZERS": "reldrop.optimizers",
+    "make_optimizer": "reldrop.optimizers",
     "attribution": "reldrop.relevance",
     "relevance": "reldrop.relevance",
 }
@@ -34,6 +49,7 @@ _WHERE = {
 __all__ = [
     "COMPOSITES",
     "MODELS",
+    "OPTIMIZERS",
     "STRATEGIES",
     "AugmentStats",
     "ModelSpec",
@@ -47,6 +63,7 @@ __all__ = [
     "build_model",
     "load_checkpoint",
     "make_composite",
+    "make_optimizer",
     "relevance",
     "save_checkpoint",
 ]
@@ -54,12 +71,12 @@ __all__ = [
 
 def __getattr__(name: str) -> _Any:
     if name == "__version__":  # one source: the installed distribution's metadata
-        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+        from importlib.metadata import PackageNotFoundError, version
 
         try:
             return version("reldrop")
         except PackageNotFoundError:  # a source checkout on PYTHONPATH: its pyproject.toml
-            import tomllib  # noqa: PLC0415
+            import tomllib
 
             pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
             try:
@@ -73,18 +90,3 @@ def __getattr__(name: str) -> _Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-def _layer_folders() -> None:
-    """In a source checkout (editable install, ``ray job submit --working-dir .``) the layers
-    live in the top-level folders ``pipeline/`` and ``jobs/`` beside this package; an installed
-    wheel places them inside it. Let ``reldrop.pipeline`` / ``reldrop.jobs`` find them."""
-    here = _Path(__file__).resolve().parent
-    root = here.parent
-    if not (here / "pipeline").is_dir() and all(
-        (root / layer / "__init__.py").is_file() for layer in ("pipeline", "jobs")
-    ):
-        __path__.append(str(root))
-
-
-_layer_folders()

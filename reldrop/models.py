@@ -162,7 +162,7 @@ MODELS.add("mlp", MLP)
 def _torchvision_factory(name: str, arch: str) -> ModelFactory:
     """``torchvision:ARCH``: any torchvision classification model, randomly initialised, with
     ``num_classes`` outputs and its first convolution rebuilt for ``in_channels``."""
-    import torchvision.models as tvm  # noqa: PLC0415
+    import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
     if arch not in known:

@@ -7,7 +7,9 @@ code's quirk of writing the mean into an already-normalised tensor.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["Normalization"]
@@ -25,6 +27,19 @@ class Normalization:
             raise ValueError(f"mean {self.mean} and std {self.std} must be non-empty, equal length")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
+
+    @classmethod
+    def estimate(cls, pixels: Any, *, min_std: float = 1e-3) -> Normalization:
+        """Per-channel mean and (population) std of uint8 samples ``pixels`` N x C x H x W (a
+        numpy array or CPU tensor; callers pass a few hundred); ``std`` floored at ``min_std``
+        so a constant channel does not divide by zero."""
+        data = np.asarray(pixels, dtype=np.float64)
+        if data.ndim != 4 or data.shape[0] == 0:
+            raise ValueError(f"pixels of shape {data.shape}; expected N x C x H x W with N >= 1")
+        data = data / 255.0
+        mean = tuple(float(v) for v in data.mean(axis=(0, 2, 3)))
+        std = tuple(max(float(v), min_std) for v in data.std(axis=(0, 2, 3)))
+        return cls(mean=mean, std=std)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c = x.shape[1]

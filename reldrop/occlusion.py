@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, Unpack
 
 import torch
 
@@ -41,6 +41,7 @@ from reldrop.registry import Registry
 
 __all__ = [
     "STRATEGIES",
+    "DrawOptions",
     "OcclusionConfig",
     "OcclusionResult",
     "Occluder",
@@ -291,6 +292,17 @@ STRATEGIES.add("random-pixel",
                _Strategy(_random_pixel, False, ("image", "points"), {"fill": "zero"}))
 
 
+class DrawOptions(TypedDict, total=False):
+    """Where an occlusion's randomness comes from (keywords of :meth:`Occluder.__call__` and
+    :meth:`Occluder.drop_mask`): ``applied`` (bool per row: which rows to occlude; default drawn
+    with probability ``p``), ``generator`` (a torch generator), ``seeds`` (int64, one per
+    sample, :func:`reldrop.keyed.sample_seeds`: every draw a function of the sample's seed)."""
+
+    applied: torch.Tensor | None
+    generator: torch.Generator | None
+    seeds: torch.Tensor | None
+
+
 class Occluder:
     """Applies one strategy to batches: ``Occluder("reldrop-block", p=0.3)(x, relevance)``."""
 
@@ -332,17 +344,24 @@ class Occluder:
         return _Draws(n, None, seeds, "coin").uniform(list(range(n)), ())  < self.config.p
 
     def drop_mask(
-        self,
-        inputs: torch.Tensor,
-        relevance: torch.Tensor | None = None,
-        *,
-        applied: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        seeds: torch.Tensor | None = None,
+        self, inputs: torch.Tensor, relevance: torch.Tensor | None = None,
+        **draws: Unpack[DrawOptions],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which elements to drop (bool N x H x W or N x P) and which samples fell back."""
-        from reldrop.relevance import check_inputs  # noqa: PLC0415 (avoid a cycle at import)
+        _, dropped, fallback = self._drop(inputs, relevance, draws)
+        return dropped, fallback
 
+    def _drop(
+        self, inputs: torch.Tensor, relevance: torch.Tensor | None, draws: DrawOptions,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(applied, dropped, fallback) of one batch."""
+        from reldrop.relevance import check_inputs  # avoid a cycle at import
+
+        unknown = sorted(set(draws) - set(DrawOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; known: "
+                            f"{sorted(DrawOptions.__annotations__)}")
+        generator, seeds = draws.get("generator"), draws.get("seeds")
         kind = check_inputs(inputs)
         if kind not in self._strategy.kinds:
             raise ValueError(
@@ -350,6 +369,7 @@ class Occluder:
                 f"got {kind} inputs of shape {tuple(inputs.shape)}"
             )
         n = inputs.shape[0]
+        applied = draws.get("applied")
         if applied is None:
             applied = self.select(n, generator, seeds=seeds)
         if applied.shape != (n,) or applied.dtype != torch.bool:
@@ -362,9 +382,9 @@ class Occluder:
                     f"strategy {self.config.strategy!r} needs relevance of shape {expected}, "
                     f"got {got}"
                 )
-        draws = _Draws(n, generator, seeds, "mask")
-        dropped, fallback = self._strategy.fn(inputs, relevance, applied, self.config, draws)
-        return dropped.to(inputs.device), fallback
+        dropped, fallback = self._strategy.fn(inputs, relevance, applied, self.config,
+                                              _Draws(n, generator, seeds, "mask"))
+        return applied, dropped.to(inputs.device), fallback
 
     def fill(
         self,
@@ -388,21 +408,11 @@ class Occluder:
         return out
 
     def __call__(
-        self,
-        inputs: torch.Tensor,
-        relevance: torch.Tensor | None = None,
-        *,
-        applied: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        seeds: torch.Tensor | None = None,
+        self, inputs: torch.Tensor, relevance: torch.Tensor | None = None,
+        **draws: Unpack[DrawOptions],
     ) -> OcclusionResult:
         """Occlude ``inputs``; ``relevance`` (N x H x W or N x P) is needed by RelDrop variants
-        for the rows in ``applied`` (other rows are ignored). ``seeds`` (int64, one per sample,
-        :func:`reldrop.keyed.sample_seeds`) make every draw a function of the sample's seed."""
-        if applied is None:
-            applied = self.select(inputs.shape[0], generator, seeds=seeds)
-        dropped, fallback = self.drop_mask(
-            inputs, relevance, applied=applied, generator=generator, seeds=seeds
-        )
-        out = self.fill(inputs, dropped, generator, seeds=seeds)
+        for the rows in ``applied`` (other rows are ignored); ``draws``: :class:`DrawOptions`."""
+        applied, dropped, fallback = self._drop(inputs, relevance, draws)
+        out = self.fill(inputs, dropped, draws.get("generator"), seeds=draws.get("seeds"))
         return OcclusionResult(out, dropped, applied.to(inputs.device), fallback)

@@ -52,6 +52,7 @@ __all__ = [
     "ActDiff",
     "ClassifyMasked",
     "GradMask",
+    "HeatmapLoss",
     "ISNet",
     "NoRegularizer",
     "RRR",
@@ -374,14 +375,22 @@ def lrp_heatmap(
     with torch.enable_grad(), _lrp_mode(model, eps, bn_stats, phase):
         if first_layer == "epsilon":
             logits = model(x)
-            phase.explaining = True
-            try:
-                chosen = logits.gather(1, targets.view(-1, 1)).sum()
-                (grad,) = torch.autograd.grad(chosen, x, create_graph=True)
-            finally:
-                phase.explaining = False
-            return (grad * x).sum(dim=1), logits
+            return (_explained_grad(logits, targets, x, phase) * x).sum(dim=1), logits
         return _zb_heatmap(model, x, targets, eps, bn_stats, phase, bounds)
+
+
+def _explained_grad(
+    logits: torch.Tensor, targets: torch.Tensor, wrt: torch.Tensor, phase: _Phase
+) -> torch.Tensor:
+    """d(sum of the target logits)/d(``wrt``), graph kept, taken in the explaining phase (the
+    LRP hooks active)."""
+    phase.explaining = True
+    try:
+        chosen = logits.gather(1, targets.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(chosen, wrt, create_graph=True)
+    finally:
+        phase.explaining = False
+    return grad
 
 
 def _zb_heatmap(
@@ -411,13 +420,7 @@ def _zb_heatmap(
     if first_in.numel() != x.numel():
         raise TypeError("first_layer='zb' needs the first Conv2d/Linear to see the model input "
                         "(or a reshape of it); use first_layer='epsilon'")
-    phase.explaining = True
-    try:
-        chosen = logits.gather(1, targets.view(-1, 1)).sum()
-        (g,) = torch.autograd.grad(chosen, out, create_graph=True)
-    finally:
-        phase.explaining = False
-    relevance = g * (out.clamp(min=0) + eps)
+    relevance = _explained_grad(logits, targets, out, phase) * (out.clamp(min=0) + eps)
     weight = _merged_weight(layer, bn, seen["layer"], bn_stats)
     low, high = (v.expand_as(x).reshape(first_in.shape) for v in _low_high(x, bounds))
     rel = _zb_relevance(layer, weight, first_in, relevance, low, high).reshape(x.shape)
@@ -431,16 +434,30 @@ def _gwrp(values: torch.Tensor, d: float) -> torch.Tensor:
     return (ranked * weights).sum(dim=-1) / weights.sum()
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeatmapLoss:
+    """The ISNet heatmap loss's constants (Bassi et al. 2024; defaults are the reference
+    code's): background scale ``E`` and weight ``A``, foreground weight ``B`` and band
+    [``C1``, ``C2``], GWRP decay ``d``."""
+
+    E: float = 1.0
+    A: float = 1.0
+    B: float = 3.0
+    C1: float = 1.0
+    C2: float = 25.0
+    d: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.E <= 0 or not 0 < self.C1 < self.C2 or not 0 < self.d <= 1:
+            raise ValueError(f"isnet needs E > 0, 0 < C1 < C2 and 0 < d <= 1; got {self.E}, "
+                             f"{self.C1}, {self.C2}, {self.d}")
+
+
 def isnet_heatmap_loss(
     heatmap: torch.Tensor,
     masks: torch.Tensor,
+    constants: HeatmapLoss | None = None,
     *,
-    E: float = 1.0,
-    A: float = 1.0,
-    B: float = 3.0,
-    C1: float = 1.0,
-    C2: float = 25.0,
-    d: float = 0.9,
     stabilizer: float = 1e-10,
 ) -> torch.Tensor:
     """ISNet heatmap loss (Bassi et al. 2024), per sample then averaged over the batch.
@@ -451,12 +468,14 @@ def isnet_heatmap_loss(
     ``B * (relu(C1 - F)^2 + relu(F - C2)^2) / C1^2`` (both terms over C1^2, as the reference
     code) so the background term cannot be met by shrinking every relevance.
     """
+    c = constants or HeatmapLoss()
+    E, A, B, C1, C2 = c.E, c.A, c.B, c.C1, c.C2
     n = heatmap.shape[0]
     r = heatmap.abs().reshape(n, -1)
     m = masks.reshape(n, -1).to(r.dtype)
     roi_mean = (r * m).sum(1, keepdim=True) / (m.sum(1, keepdim=True) + stabilizer)
     normalised = r / (roi_mean + stabilizer)
-    b = _gwrp(normalised * (1 - m), d)
+    b = _gwrp(normalised * (1 - m), c.d)
     background = torch.log1p(b / E)
     fg = (r * m).sum(1)
     foreground = (F.relu(C1 - fg) ** 2 + F.relu(fg - C2) ** 2) / C1**2
@@ -719,7 +738,8 @@ class ActDiff(Regularizer):
 class ISNet(Regularizer):
     """ISNet heatmap loss (Bassi et al. 2024): ``(1 - P) CE + P * heatmap_loss``; ``lam`` is P.
 
-    Defaults are the reference code's: P 0.7, E 1, A 1, B 3, C1 1, C2 25, GWRP decay 0.9, the
+    Defaults are the reference code's: P 0.7, E 1, A 1, B 3, C1 1, C2 25, GWRP decay 0.9
+    (:class:`HeatmapLoss`, given as keywords ``E=``, ``A=``, ``B=``, ``C1=``, ``C2=``, ``d=``), the
     heatmaps of **all** classes penalised (``classes="label"``: the true class only), z^B on
     the first layer (``first_layer="epsilon"``: the epsilon rule there too), LRP eps 1e-2,
     gradient norm clipped at 1.0 (``clip_grad_norm``). Heatmaps: :func:`lrp_heatmap`; loss:
@@ -733,28 +753,21 @@ class ISNet(Regularizer):
         self,
         *,
         lam: float | None = None,
-        E: float = 1.0,
-        A: float = 1.0,
-        B: float = 3.0,
-        C1: float = 1.0,
-        C2: float = 25.0,
-        d: float = 0.9,
         eps: float = 1e-2,
         classes: Literal["all", "label"] = "all",
         first_layer: Literal["zb", "epsilon"] = "zb",
         bn_stats: Literal["batch", "running"] = "batch",
-        **base: Any,
+        bounds: tuple[float, float] | None = None,
+        clip_grad_norm: float | None | Literal["default"] = "default",
+        **constants: float,
     ) -> None:
-        super().__init__(lam=lam, **base)
+        super().__init__(lam=lam, bounds=bounds, clip_grad_norm=clip_grad_norm)
         if not 0 <= self.lam <= 1:
             raise ValueError(f"lam (P) = {self.lam} for regularizer 'isnet'; expected in [0, 1]")
-        if E <= 0 or not 0 < C1 < C2 or not 0 < d <= 1:
-            raise ValueError(f"isnet needs E > 0, 0 < C1 < C2 and 0 < d <= 1; got {E}, {C1}, "
-                             f"{C2}, {d}")
+        self.constants = HeatmapLoss(**constants)  # E, A, B, C1, C2, d; others: a TypeError
         if bn_stats not in ("batch", "running") or classes not in ("all", "label"):
             raise ValueError(f"bn_stats={bn_stats!r}, classes={classes!r}; expected "
                              "'batch'|'running' and 'all'|'label'")
-        self.params = {"E": E, "A": A, "B": B, "C1": C1, "C2": C2, "d": d}
         self.eps = eps
         self.classes = classes
         self.first_layer: Literal["zb", "epsilon"] = first_layer
@@ -770,7 +783,7 @@ class ISNet(Regularizer):
             t = torch.arange(k, device=inputs.device).repeat_interleave(inputs.shape[0])
         heatmap, _ = lrp_heatmap(model, x, t, eps=self.eps, bn_stats=self.bn_stats,
                                  first_layer=self.first_layer, bounds=self.bounds)
-        penalty = isnet_heatmap_loss(heatmap, m, **self.params)
+        penalty = isnet_heatmap_loss(heatmap, m, self.constants)
         ce = F.cross_entropy(logits, targets)
         loss = (1 - self.lam) * ce + self.lam * penalty
         return RegularizedLoss(loss=loss, ce=ce, penalty=penalty, logits=logits)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 import torch
 from torch import nn
@@ -20,10 +20,32 @@ from zennit.attribution import Gradient
 
 from reldrop.composites import Bounds, make_composite
 
-__all__ = ["TARGETS", "attribution", "check_inputs", "eval_mode", "relevance"]
+__all__ = ["TARGETS", "LRPOptions", "attribution", "check_inputs", "eval_mode", "relevance"]
 
 TARGETS = ("label", "predicted")
 Target = Literal["label", "predicted"]
+
+
+class LRPOptions(TypedDict, total=False):
+    """The keyword options of :func:`attribution` and :func:`relevance`.
+
+    ``composite``: a name of :data:`reldrop.composites.COMPOSITES` (default ``"reference"``);
+    ``target``: explain the ``"label"`` (default; ``targets`` required) or the ``"predicted"``
+    class; ``bounds``: the (low, high) range of the normalised inputs for box rules (default:
+    the batch's min and max).
+    """
+
+    composite: str
+    target: Target
+    bounds: Bounds | None
+
+
+def _options(options: LRPOptions) -> tuple[str, Target, Bounds | None]:
+    unknown = sorted(set(options) - set(LRPOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"unknown LRP option(s) {unknown}; known: {sorted(LRPOptions.__annotations__)}")
+    return (options.get("composite", "reference"), options.get("target", "label"),
+            options.get("bounds"))
 
 
 def check_inputs(inputs: torch.Tensor, name: str = "inputs") -> str:
@@ -76,16 +98,16 @@ def attribution(
     inputs: torch.Tensor,
     targets: torch.Tensor | None = None,
     *,
-    composite: str = "reference",
-    target: Target = "label",
-    bounds: Bounds | None = None,
     create_graph: bool = False,
+    **options: Unpack[LRPOptions],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input-element LRP attribution (same shape as ``inputs``) and the model's logits.
+    """Per-input-element LRP attribution (same shape as ``inputs``) and the model's logits
+    (``options``: :class:`LRPOptions`).
 
     ``create_graph=True`` keeps the graph so the attribution can itself be trained on
     (differentiable LRP, as the ISNet heatmap loss needs); the model's mode is then left alone.
     """
+    composite, target, bounds = _options(options)
     check_inputs(inputs)
     if target not in TARGETS:
         raise ValueError(f"target={target!r}; expected one of {TARGETS}")
@@ -128,14 +150,10 @@ def relevance(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor | None = None,
-    *,
-    composite: str = "reference",
-    target: Target = "label",
-    bounds: Bounds | None = None,
+    **options: Unpack[LRPOptions],
 ) -> torch.Tensor:
-    """Signed LRP relevance summed over channels: N x H x W for images, N x P for point clouds."""
+    """Signed LRP relevance summed over channels: N x H x W for images, N x P for point clouds
+    (``options``: :class:`LRPOptions`, e.g. ``composite="epsilon_plus_flat"``)."""
     kind = check_inputs(inputs)
-    attr, _ = attribution(
-        model, inputs, targets, composite=composite, target=target, bounds=bounds
-    )
+    attr, _ = attribution(model, inputs, targets, **options)
     return attr.sum(dim=1) if kind == "image" else attr.sum(dim=2)

@@ -19,7 +19,7 @@ HEADLINE = (
 
 
 def test_tiny_sets_small_sizes() -> None:
-    from reldrop.pipeline.studies.bench import BenchConfig
+    from reldrop.pipeline.bench import BenchConfig
 
     args = bench.parse_args(["--tiny", "--out", "x"])
     assert args.tiny and args.command == "reldrop bench --tiny --out x"
@@ -30,7 +30,7 @@ def test_tiny_sets_small_sizes() -> None:
 
 
 def test_bench_config_rejects_bad_sizes() -> None:
-    from reldrop.pipeline.studies.bench import BenchConfig
+    from reldrop.pipeline.bench import BenchConfig
 
     with pytest.raises(ValueError, match="rounds=0"):
         BenchConfig(rounds=0)

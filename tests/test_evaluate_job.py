@@ -11,7 +11,7 @@ import torch
 from reldrop.checkpoint import ModelSpec, save_checkpoint
 from reldrop.jobs import evaluate as job
 from reldrop.normalization import Normalization
-from reldrop.pipeline.studies.evaluate import evaluate_checkpoint, sample_batches
+from reldrop.pipeline.evaluation.evaluate import evaluate_checkpoint, sample_batches
 
 SIDE = 12
 

@@ -78,7 +78,7 @@ def test_input_gradient_penalties_train_stably_with_defaults(tmp_path, method) -
     """GradMask with defaults on viviano-synthetic reached NaN by step 5 (SGD lr 0.05, batch
     32; the reference trains with Adam); with the default clipping every step stays finite."""
     from reldrop.pipeline.data.datasets import build_dataset
-    from reldrop.pipeline.studies.inprocess import _normalization, load_splits
+    from studies.inprocess import _normalization, load_splits
 
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=160, progress=False)

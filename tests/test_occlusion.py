@@ -419,3 +419,10 @@ def test_reldrop_keys_reproduce_across_batches():
     part = RelDrop(model, "reldrop-pixel", p=0.7, seed=3)(x[[4, 1]], y[[4, 1]], keys=["s4", "s1"], epoch=1)
     assert torch.equal(part.dropped, full.dropped[[4, 1]])
     assert torch.equal(part.applied, full.applied[[4, 1]])
+
+
+def test_unknown_draw_option_is_named() -> None:
+    from reldrop.occlusion import Occluder
+
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['seed'\]; known: "):
+        Occluder("random-erasing", p=1.0)(torch.zeros(2, 1, 8, 8), seed=3)  # type: ignore[call-arg]

@@ -209,3 +209,11 @@ def test_unknown_composite_and_target(make_model, images, labels):
         relevance(model, images, labels, composite="lrp")
     with pytest.raises(ValueError, match=r"target='true'.*label.*predicted"):
         relevance(model, images, labels, target="true")  # type: ignore[arg-type]
+
+
+def test_unknown_lrp_option_is_named(make_model, images, labels) -> None:
+    from reldrop.relevance import relevance
+
+    model = make_model("small-cnn", 1, 3, images)
+    with pytest.raises(TypeError, match=r"unknown LRP option\(s\) \['composit'\]; known: "):
+        relevance(model, images, labels, composit="reference")  # type: ignore[call-arg]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from reldrop.pipeline.bench.simulate import SimulateConfig, run_simulation, summarize
 from reldrop.pipeline.simulated import SimulatedDevice, padded
-from reldrop.pipeline.studies.bench.simulate import SimulateConfig, run_simulation, summarize
 
 
 def test_padding_reaches_the_modelled_time_and_never_shortens() -> None:

@@ -1,6 +1,6 @@
 """The public stage API with a model and a Ray Train loop written here, as a user would: rows
 carry model versions, staleness stays within the plan's bound, the drop mask is applied with
-the fill, the loss falls. Also runs the README's example verbatim."""
+the fill, the loss falls. Also runs docs/api.md's example verbatim."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from reldrop.pipeline import StagePlan, WeightPublisher, add_explainer_stage, ap
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 NORM = Normalization(mean=(0.25,), std=(0.35,))
 FILL = -7.0
 
@@ -154,7 +154,7 @@ def test_one_large_block_does_not_stall_the_gate(ray_local, by_value, tmp_path):
 
 
 def _readme_example() -> str:
-    text = README.read_text()
+    text = API_DOC.read_text()
     section = text[text.index("## Bring your own model and training loop"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
 

@@ -1,4 +1,4 @@
-"""The in-process staleness study: the lagged explainer replica and the study job."""
+"""The in-process staleness study: the lagged explainer replica and ``python -m studies.staleness``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from reldrop.jobs.compare import main, parse_args
-from reldrop.pipeline.studies.lag import WeightLag, delay_for_bound
+from studies.lag import WeightLag, delay_for_bound
+from studies.staleness import main, parse_args
 
 
 def _step(model: nn.Module, step: int) -> None:
@@ -45,7 +45,7 @@ def test_no_delay_every_step_is_the_live_model() -> None:
 
 def test_mask_iou() -> None:
     from reldrop.occlusion import OcclusionResult
-    from reldrop.pipeline.studies.inprocess import mask_iou
+    from studies.inprocess import mask_iou
 
     def result(dropped, applied):
         d = torch.tensor(dropped, dtype=torch.bool).view(len(dropped), 1, -1)
@@ -66,15 +66,15 @@ def test_delay_for_bound() -> None:
 
 
 def test_staleness_arguments() -> None:
-    args = parse_args(["--staleness", "--data", "x"])
-    assert args.methods == ["reldrop-pixel"] and args.bounds == [1, 2, 4, 8, 16]
-    assert args.params == {}
-    for bad in (["--methods", "gradmask"], ["--methods", "reldrop-pixel,reldrop-block"],
-                ["--bounds", "0,2"], ["--params", "[1]"], ["--search", "quick"]):
+    args = parse_args(["--data", "x"])
+    assert args.method == "reldrop-pixel" and args.bounds == [1, 2, 4, 8, 16]
+    assert args.params == {} and args.command == "python -m studies.staleness --data x"
+    for bad in (["--method", "gradmask"], ["--bounds", "0,2"], ["--params", "[1]"],
+                ["--search", "quick"]):
         with pytest.raises(SystemExit):
-            parse_args(["--staleness", "--data", "x", *bad])
+            parse_args(["--data", "x", *bad])
     with pytest.raises(SystemExit):
-        parse_args(["--staleness"])  # needs --data
+        parse_args([])  # needs --data
 
 
 def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
@@ -83,12 +83,12 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=100, progress=False)
     out = tmp_path / "study"
-    readme = tmp_path / "README.md"
+    readme = tmp_path / "results.md"
     readme.write_text("intro\n<!-- results:st -->\nold table\n<!-- /results:st -->\nrest\n")
-    code = main(parse_args(["--staleness", "--data", root, "--bounds", "1,4", "--intervals", "1,4",
+    code = main(parse_args(["--data", root, "--bounds", "1,4", "--intervals", "1,4",
                             "--seeds", "2", "--epochs", "2", "--batch-size", "8", "--eval-limit", "8",
                             "--out", str(out),
-                            "--readme", f"{readme}#st"]))
+                            "--table", f"{readme}#st"]))
     assert code == 0
     result = json.loads((out / "staleness.json").read_text())
     # bound 1 with interval 4 cannot hold and is left out
@@ -113,13 +113,13 @@ def test_staleness_study_end_to_end(tmp_path, capsys) -> None:
     assert "| bound 4, every 4 |" in (out / "staleness.md").read_text()
     assert "[staleness] sync: OOD acc." in capsys.readouterr().out
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `reldrop compare --staleness --data ") and "old table" not in text
+    assert text.startswith("intro\n<!-- results:st -->\nRegenerate: `python -m studies.staleness --data ") and "old table" not in text
     assert "| bound 4, every 4 |" in text and text.endswith("<!-- /results:st -->\nrest\n")
     assert "CPUs" in text and "torch" in text
 
 
 def test_retained_gain_only_where_sync_gains_above_noise() -> None:
-    from reldrop.pipeline.studies.staleness import summarize_staleness
+    from studies.staleness import summarize_staleness
 
     def runs(values):
         return [{"val_accuracy": 1.0, "seconds": 1.0, "ood_accuracy": v, "relevance_auc": v}
@@ -136,7 +136,7 @@ def test_retained_gain_only_where_sync_gains_above_noise() -> None:
 
 
 def test_splice_needs_one_pair_of_markers(tmp_path) -> None:
-    from reldrop.pipeline.studies.readme import splice_section
+    from studies.tables import splice_section
 
     path = tmp_path / "R.md"
     path.write_text("<!-- results:a -->\nx\n<!-- /results:a -->\n")
@@ -154,7 +154,7 @@ def test_splice_needs_one_pair_of_markers(tmp_path) -> None:
 def test_a_replica_without_lag_trains_exactly_like_sync(tmp_path, monkeypatch) -> None:
     """The lagged path adds nothing but staleness: at delay 0 it reproduces sync bit for bit."""
     from reldrop.pipeline.data.datasets import build_dataset
-    from reldrop.pipeline.studies import inprocess
+    from studies import inprocess
 
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=60, progress=False)
@@ -180,6 +180,6 @@ def test_a_replica_without_lag_trains_exactly_like_sync(tmp_path, monkeypatch) -
 
 def test_staleness_from_a_config_file(tmp_path) -> None:
     path = tmp_path / "study.yaml"
-    path.write_text("staleness: true\ndata: x\nbounds: '2,8'\nparams: '{\"p\": 0.5}'\n")
+    path.write_text("data: x\nbounds: '2,8'\nparams: '{\"p\": 0.5}'\n")
     args = parse_args(["--config", str(path)])
-    assert args.staleness and args.bounds == [2, 8] and args.params == {"p": 0.5}
+    assert args.data == "x" and args.bounds == [2, 8] and args.params == {"p": 0.5}

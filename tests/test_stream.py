@@ -363,7 +363,7 @@ def test_errors_survive_pickling() -> None:
 
 @pytest.mark.ray
 def test_measure_data_path_runs_both_paths(ray_local, tmp_path: Path) -> None:
-    from reldrop.pipeline.studies.bench.data_path import make_bench_shards, measure_data_path
+    from reldrop.pipeline.bench.data_path import make_bench_shards, measure_data_path
 
     root = make_bench_shards(str(tmp_path / "bench"), rows=24, shape=(1, 4, 4), shard_size=8)
     result = measure_data_path(root, repeats=1, batch_size=8)

@@ -64,7 +64,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)

@@ -48,8 +48,8 @@ def write_columns(
     group: str = "relevance",
 ) -> str:
     """Write ``columns`` (name -> array of shape (len(keys), ...)) keyed by ``keys``; return URL."""
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     keys = [validate_key(k) for k in keys]
     if len(set(keys)) != len(keys):
@@ -84,7 +84,7 @@ def write_columns(
 
 def read_column_table(url: str, column: str) -> tuple[list[str], np.ndarray]:
     """``(keys, values)`` of ``column`` in one column shard, values stacked ``(len(keys), ...)``."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     fs, path = resolve(url)
     if not fs.exists(path):

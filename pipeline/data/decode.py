@@ -202,14 +202,14 @@ def _parse(raw: Mapping[str, Any], url: str, key: str, num_classes: int | None,
 
 
 def _read_mode(channels: int | None) -> Any:
-    from torchvision.io import ImageReadMode  # noqa: PLC0415 (torchvision is heavy)
+    from torchvision.io import ImageReadMode  # torchvision is heavy
 
     return {1: ImageReadMode.GRAY, 3: ImageReadMode.RGB}.get(channels or 0, ImageReadMode.UNCHANGED)
 
 
 def _decode_one(ext: str, data: bytes, mode: Any) -> np.ndarray:
-    import torch  # noqa: PLC0415
-    from torchvision.io import decode_image  # noqa: PLC0415
+    import torch
+    from torchvision.io import decode_image
 
     tensor = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return decode_image(tensor, mode=mode).numpy()
@@ -220,8 +220,8 @@ def decode_images(items: Sequence[tuple[str, bytes]], *, channels: int | None = 
     """Decode encoded images (``(ext, bytes)``) to uint8 (C, H, W) with ``torchvision.io``:
     the JPEGs of a batch in one ``decode_jpeg`` call, the rest one by one; converted to gray
     (``channels=1``) or RGB (``3``); an item that fails is returned as its exception."""
-    import torch  # noqa: PLC0415
-    from torchvision.io import decode_jpeg  # noqa: PLC0415
+    import torch
+    from torchvision.io import decode_jpeg
 
     mode = _read_mode(channels)
     out: list[np.ndarray | Exception | None] = [None] * len(items)
@@ -244,9 +244,9 @@ def decode_images(items: Sequence[tuple[str, bytes]], *, channels: int | None = 
 
 def _fit(array: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
     """Resize the shorter side of a (C, H, W) array to ``size``, then crop the centre square."""
-    import torch  # noqa: PLC0415
-    from torchvision.transforms.v2 import InterpolationMode  # noqa: PLC0415
-    from torchvision.transforms.v2 import functional as F  # noqa: PLC0415
+    import torch
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
 
     if array.shape[-2:] == (size, size):
         return array

@@ -125,7 +125,7 @@ def arrow_filesystem(url: str, **storage_options: Any) -> tuple[Any, str]:
     filesystem in ``PyFileSystem(FSSpecHandler(fs))``. Pass both to
     ``ray.data.read_webdataset(paths, filesystem=fs)``. ``memory://`` only works in-process.
     """
-    import pyarrow.fs as pafs  # noqa: PLC0415 (pyarrow.fs is slow to import)
+    import pyarrow.fs as pafs  # pyarrow.fs is slow to import
 
     fs, path = resolve(url, **storage_options)
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
@@ -199,7 +199,7 @@ def _s3_filesystem_class() -> type:
     global _s3_class
     if _s3_class is not None:
         return _s3_class
-    import s3fs  # noqa: PLC0415
+    import s3fs
 
     class RetryingS3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
         retries = 1

@@ -175,8 +175,8 @@ def has_manifest(root_url: str) -> bool:
 
 def write_manifest(manifest: Manifest) -> str:
     """Write ``manifest.parquet`` under ``manifest.root_url``; return its URL."""
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     if not manifest.shards:
         raise ValueError(f"manifest for {manifest.root_url!r} has no shards")
@@ -233,7 +233,7 @@ def _write_atomically(url: str, data: bytes) -> None:
 
 def read_manifest(root_url: str) -> Manifest:
     """Read ``{root_url}/manifest.parquet``; ``FileNotFoundError`` names the URL if missing."""
-    import pyarrow.parquet as pq  # noqa: PLC0415
+    import pyarrow.parquet as pq
 
     url = _manifest_path(root_url)
     fs, path = resolve(url)

@@ -196,7 +196,7 @@ def expand_urls(spec: str, split: str | None = None, *, strict: bool = False) ->
     """The shard URLs a webdataset URL names: ``::``-joined lists, brace ranges, globs, or a
     folder's ``.tar`` files: its ``{split}-*.tar`` where there are any, else all of them
     (``strict``: only those, as for an explicit ``ROOT#split``)."""
-    import braceexpand  # noqa: PLC0415 (a webdataset dependency)
+    import braceexpand  # a webdataset dependency
 
     urls: list[str] = []
     for part in spec.split("::"):

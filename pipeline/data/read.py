@@ -303,7 +303,7 @@ def _join_column(
     block: dict[str, np.ndarray], task: ShardTask, schema: RowSchema, table: tuple[Any, Any]
 ) -> dict[str, np.ndarray]:
     """Add ``schema.column`` (float32) for the block's keys from the shard's column table."""
-    from reldrop.pipeline.data.columns import align_column  # noqa: PLC0415 (pyarrow)
+    from reldrop.pipeline.data.columns import align_column  # pyarrow
 
     assert schema.column is not None
     values, missing = align_column(*table, block["key"], valid=~block["skipped"])
@@ -326,7 +326,7 @@ def _shard_rows(task: ShardTask, schema: RowSchema) -> Iterator[dict[str, np.nda
         )
     table = None
     if schema.column is not None and task.column_url is not None:
-        from reldrop.pipeline.data.columns import read_column_table  # noqa: PLC0415
+        from reldrop.pipeline.data.columns import read_column_table
 
         table = read_column_table(task.column_url, schema.column)
     if task.row_seed is not None:
@@ -387,7 +387,7 @@ def read_task_blocks(batch: Mapping[str, Any], *, schema: RowSchema
 
 def _plan_of(source: str | DataPlan, split: str | None, on_error: OnError,
              decode: DecodeOptions | None) -> DataPlan:
-    from reldrop.pipeline.data.plan import DataPlan, plan_split  # noqa: PLC0415 (cycle)
+    from reldrop.pipeline.data.plan import DataPlan, plan_split  # cycle
 
     if isinstance(source, DataPlan):
         return source
@@ -416,7 +416,7 @@ def iter_samples(
     Shards are read and verified as by the Ray read tasks (:func:`shard_blocks`). Under
     ``on_error="skip"`` bad samples and shards are left out and counted in ``report``.
     """
-    import webdataset as wds  # noqa: PLC0415 (imports torch)
+    import webdataset as wds  # imports torch
 
     on_error = check_on_error(on_error)
     report = report if report is not None else SkipReport()
@@ -426,7 +426,7 @@ def iter_samples(
     schema = RowSchema.of(plan.manifest, on_error=on_error, decode=plan.decode)
     if not plan.check_labels:
         schema = replace(schema, num_classes=None)
-    from reldrop.pipeline.data.plan import shard_tasks  # noqa: PLC0415 (cycle)
+    from reldrop.pipeline.data.plan import shard_tasks  # cycle
 
     tasks: Iterator[ShardTask] = iter(shard_tasks(plan, shuffle_seed=seed if shuffle_shards else None))
     if split_by_node:

@@ -53,8 +53,8 @@ _NOT_OPTIONS = frozenset({"self", "args", "kwargs", "storage_options", "asynchro
 
 def _fsspec_names(protocol: str) -> frozenset[str]:
     """The options ``protocol``'s filesystem takes (empty if its package is not installed)."""
-    import importlib  # noqa: PLC0415
-    import inspect  # noqa: PLC0415
+    import importlib
+    import inspect
 
     where = _FILESYSTEMS.get(protocol)
     if where is None:

@@ -77,7 +77,7 @@ def read_split(
     ``shuffle_seed``/``epoch``: this epoch's order (``None``: manifest order, as for
     evaluation). ``columns``: join a key-aligned column (precomputed relevance) into the rows.
     """
-    import ray  # noqa: PLC0415
+    import ray
 
     if not plan.urls:
         raise ValueError(f"no readable shards left for split {plan.split!r} of {plan.root!r}")

@@ -39,7 +39,7 @@ def pool_strategy(explainers: Explainers, *, cpus: float, gpus: float = 0.0) -> 
     """The actor pool for ``explainers``: a fixed size, ``(min, max)``, or ``"auto"`` (an
     autoscaling pool from 1 to what the cluster's CPUs, or GPUs, hold at ``cpus``/``gpus``
     each, one CPU left for reading)."""
-    import ray  # noqa: PLC0415
+    import ray
 
     if explainers == "auto":
         if not ray.is_initialized():

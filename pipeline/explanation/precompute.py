@@ -32,7 +32,7 @@ def _explain(model: torch.nn.Module, spec: Any, batch: list[dict[str, Any]], com
 
 
 def _preflight(model: torch.nn.Module, spec: Any, checkpoint: str, manifest: Any) -> None:
-    from reldrop.pipeline.preflight import check_model_output, check_spec_fits  # noqa: PLC0415
+    from reldrop.pipeline.preflight import check_model_output, check_spec_fits
 
     where = f"checkpoint {checkpoint!r}"
     check_spec_fits(spec, manifest, where=where)
@@ -60,7 +60,7 @@ def explain_dataset(
     ``train``), one column shard per data shard; return a summary (shards, samples,
     samples/s, skipped). ``model`` / ``trust_model_code``: see
     :func:`reldrop.checkpoint.load_checkpoint`."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import read_manifest
 
     root, split = parse_data_url(data_url, "train")
     out_url = out_url or root

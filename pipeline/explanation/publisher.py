@@ -39,7 +39,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _rank_and_world() -> tuple[int, int]:
     """This process's rank and the world size under Ray Train; (0, 1) outside it."""
     try:
-        import ray.train  # noqa: PLC0415
+        import ray.train
 
         ctx = ray.train.get_context()
         return int(ctx.get_world_rank()), int(ctx.get_world_size())
@@ -73,7 +73,7 @@ class WeightPublisher:
         self.client: Any = None
         self._recreated_seen = 0
         if plan.uses_weights:
-            from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
+            from reldrop.pipeline.explanation.weights import WeightStoreClient
 
             self.client = WeightStoreClient(
                 plan.run_id, max_ahead=plan.max_ahead, create=self.rank == 0

@@ -115,7 +115,7 @@ class ExplainerStage:
                          "busy_s": 0.0, "gate_wait_s": 0.0, "gate_timeouts": 0}
         self.started = time.perf_counter()
         if config.use_model:
-            from reldrop.pipeline.explanation.weights import WeightStoreClient  # noqa: PLC0415
+            from reldrop.pipeline.explanation.weights import WeightStoreClient
 
             self.replica = ExplainerReplica(
                 config.build_model(), composite=config.composite,
@@ -132,7 +132,7 @@ class ExplainerStage:
                     f"{config.first_weights_timeout_s:g} s; explaining with the initial model "
                     "(rows carry model_version -1) until the trainer publishes", stacklevel=2)
         elif config.precomputed:
-            from reldrop.pipeline.data.columns import read_split_columns  # noqa: PLC0415
+            from reldrop.pipeline.data.columns import read_split_columns
 
             self.precomputed = read_split_columns(config.precomputed, "train")
 
@@ -141,7 +141,7 @@ class ExplainerStage:
         return self.replica.model if self.replica is not None else None
 
     def _register(self) -> None:
-        import ray  # noqa: PLC0415
+        import ray
 
         if not ray.is_initialized():  # in-process use without Ray (tests, benchmarks)
             return
@@ -210,7 +210,7 @@ class ExplainerStage:
     def _seeds(self, batch: dict[str, Any], epoch: int) -> torch.Tensor | None:
         if self.config.key_column is None or self.config.key_column not in batch:
             return None
-        from reldrop.keyed import sample_seeds  # noqa: PLC0415
+        from reldrop.keyed import sample_seeds
 
         keys = [str(k) for k in batch[self.config.key_column]]
         return sample_seeds(self.config.seed, epoch, keys)

@@ -86,7 +86,7 @@ class BatchAccounting:
 
     def _skipped(self, reasons: np.ndarray) -> None:
         """Keep the first reasons verbatim; a whole shard left out is listed once per URL."""
-        from reldrop.pipeline.data.read import shard_skip  # noqa: PLC0415
+        from reldrop.pipeline.data.read import shard_skip
 
         for reason in (str(r) for r in reasons):
             url = shard_skip(reason)

@@ -139,9 +139,11 @@ class TrainConfig:
         None, "method", "gradient-norm clipping (default: the regularizer's own: isnet, gradmask, "
         "rrr 1.0; 0: off)")
     # optimisation
+    optimizer: str = option("sgd", "optimisation", "sgd (momentum 0.9, weight decay 5e-4) or "
+                            "adam (no weight decay)", choices=registry_names("reldrop.optimizers", "OPTIMIZERS"))
+    lr: float = option(0.05, "optimisation", "learning rate of the optimizer")
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
-    lr: float = option(0.05, "optimisation", "SGD learning rate (momentum 0.9, weight decay 5e-4)")
     seed: int = option(0, "optimisation", "seed of the model, occlusion draws and shuffling")
     on_nonfinite: str = option(
         "stop", "optimisation", "a non-finite loss or gradient: stop the run at that step with "
@@ -215,7 +217,7 @@ class TrainConfig:
                              image_size=self.image_size)
 
     def occlusion(self) -> OcclusionConfig:
-        from reldrop.occlusion import OcclusionConfig  # noqa: PLC0415 (torch)
+        from reldrop.occlusion import OcclusionConfig  # torch
 
         return OcclusionConfig(strategy=self.augment, p=self.apply_prob, coin=self.coin,
                                fill=self.fill)
@@ -230,14 +232,14 @@ class TrainConfig:
             "classify-masked": {"background": self.classify_masked_background},
         }
         params = dict(per_method.get(self.regularizer, {}))
-        if self.regularizer != "none" and self.clip_grad_norm is not None:
+        if self.clip_grad_norm is not None:
             params["clip_grad_norm"] = self.clip_grad_norm or None
         return params
 
     @property
     def needs_explainer(self) -> bool:
         """Whether the pipeline runs model-replica explainer actors (async RelDrop)."""
-        from reldrop.occlusion import STRATEGIES  # noqa: PLC0415 (torch)
+        from reldrop.occlusion import STRATEGIES  # torch
 
         return self.mode == "async" and STRATEGIES[self.augment].needs_relevance
 
@@ -311,7 +313,7 @@ def _check_choices(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if value not in allowed and not (value is None and f.default is None):
             raise ValueError(f"{f.name}={getattr(cfg, f.name)!r}; expected one of {allowed}")
-    from reldrop.models import resolve_model  # noqa: PLC0415
+    from reldrop.models import resolve_model
 
     resolve_model(cfg.model)  # a built-in, torchvision:NAME or package.module:factory
 

@@ -49,7 +49,7 @@ LOG_FILE = "run.log"
 
 def default_data(seed: int = 0) -> tuple[str, str, str]:
     """Build (once) the demo DecoyMNIST shards in the cache dir; return train, test, OOD URLs."""
-    from reldrop.pipeline.data.datasets import ensure_dataset  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import ensure_dataset
 
     root = str(DEFAULT_DATA_DIR / f"{DEMO_DATASET}-seed{seed}")
     ensure_dataset(DEMO_DATASET, root, seed=seed, progress=True)
@@ -58,7 +58,7 @@ def default_data(seed: int = 0) -> tuple[str, str, str]:
 
 def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
     """Model spec from the manifest; per-channel mean/std estimated from the first samples."""
-    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415
+    from reldrop.pipeline.data.read import iter_samples
 
     m = plan.manifest
     if m.modality == "points":
@@ -69,11 +69,8 @@ def _spec(cfg: TrainConfig, plan: DataPlan) -> ModelSpec:
         images.append(sample["image"])
         if i >= 511:
             break
-    data = np.stack(images).astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in data.mean(axis=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in data.std(axis=(0, 2, 3)))
     return ModelSpec(name=cfg.model, in_channels=int(m.input_shape[0]), num_classes=m.num_classes,
-                     normalization=Normalization(mean=mean, std=std))
+                     normalization=Normalization.estimate(np.stack(images)))
 
 
 def _stage(
@@ -81,7 +78,7 @@ def _stage(
 ) -> Any:
     """Append the model-free stage (random baselines, precomputed relevance); async RelDrop
     explains in the trainers' hand-off instead (:func:`_start_explainers`)."""
-    from reldrop.pipeline.explanation.api import append_stage, pool_strategy  # noqa: PLC0415
+    from reldrop.pipeline.explanation.api import append_stage, pool_strategy
 
     if not cfg.has_stage or cfg.needs_explainer:
         return ds
@@ -114,7 +111,7 @@ def _explainer_count(run: _Run) -> int:
 
 def _start_explainers(run: _Run) -> list[Any]:
     """The run's explainer actors, started once (they load while Ray Train starts)."""
-    from reldrop.pipeline.explanation.pool import start_explainers  # noqa: PLC0415
+    from reldrop.pipeline.explanation.pool import start_explainers
 
     if not run.cfg.needs_explainer:
         return []
@@ -130,9 +127,9 @@ def _start_explainers(run: _Run) -> list[Any]:
 def init_ray(cfg: TrainConfig) -> None:
     """Join ``cfg.address`` or start a local Ray for this process (no-op when initialised);
     its workers get this process's storage settings (not credentials) in their environment."""
-    import ray  # noqa: PLC0415
+    import ray
 
-    from reldrop.pipeline.data.storage import worker_env  # noqa: PLC0415
+    from reldrop.pipeline.data.storage import worker_env
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     # Ray Train copies worker prints into its logger and, where the worker's stdout is already
@@ -161,7 +158,7 @@ def _warm_autoscaling_coordinator() -> None:
     busy node the actor missed it, cost those 5 s before the first step and printed a
     traceback. Best effort: an internal API, skipped if Ray moves it."""
     try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (  # noqa: PLC0415
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
             get_or_create_autoscaling_coordinator,
         )
 
@@ -192,7 +189,7 @@ def _output_dir(cfg: TrainConfig) -> tuple[Path, str | None]:
 
 
 def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | None) -> _Run:
-    import ray  # noqa: PLC0415
+    import ray
 
     if cfg.train is None:
         train, test, ood = default_data(cfg.seed)
@@ -232,7 +229,7 @@ def train_set_names(cfg: TrainConfig) -> list[str]:
 
 
 def _precomputed(cfg: TrainConfig) -> Any:
-    from reldrop.pipeline.data.columns import ColumnJoin  # noqa: PLC0415
+    from reldrop.pipeline.data.columns import ColumnJoin
 
     if cfg.mode == "precomputed" and cfg.has_stage:
         return ColumnJoin(root_url=str(cfg.precomputed))
@@ -261,14 +258,14 @@ def _datasets(run: _Run) -> dict[str, Any]:
 
 
 def _trainer(run: _Run, datasets: dict[str, Any]) -> Any:
-    from ray.train import (  # noqa: PLC0415
+    from ray.train import (
         CheckpointConfig,
         DataConfig,
         FailureConfig,
         RunConfig,
         ScalingConfig,
     )
-    from ray.train.torch import TorchTrainer  # noqa: PLC0415
+    from ray.train.torch import TorchTrainer
 
     cfg, res = run.cfg, run.res
     storage = (f"{run.remote_out.rstrip('/')}/ray_results" if run.remote_out
@@ -321,7 +318,7 @@ def _workers(result: Any) -> list[WorkerSummary]:
 
 def _explainer_stats(explainers: list[Any]) -> dict[str, Any]:
     """Each explainer's counters (``{}`` for one that does not answer), then stop them all."""
-    import ray  # noqa: PLC0415
+    import ray
 
     stats: dict[str, Any] = {}
     for i, actor in enumerate(explainers):
@@ -395,7 +392,7 @@ def _is_remote(url: str) -> bool:
 
 def _upload(local: Path, url: str) -> None:
     """Copy the run's files (not Ray's own results, already there) to ``url`` via fsspec."""
-    from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import resolve
 
     fs, path = resolve(url)
     fs.makedirs(path, exist_ok=True)
@@ -405,7 +402,7 @@ def _upload(local: Path, url: str) -> None:
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
-    from reldrop.pipeline.training.worker import train_loop_per_worker  # noqa: PLC0415
+    from reldrop.pipeline.training.worker import train_loop_per_worker
 
     train_loop_per_worker(loop_config)
 
@@ -413,7 +410,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 def _plots(out: Path, report: RunReport, checkpoint: Path, cfg: TrainConfig) -> dict[str, str]:
     """Loss/accuracy curves and an input / relevance / occluded grid (needs the plots extra)."""
     try:
-        from reldrop.pipeline.training.figures import training_figures  # noqa: PLC0415
+        from reldrop.pipeline.training.figures import training_figures
     except ImportError as err:  # pragma: no cover - depends on optional extra
         print(f"[reldrop] plots skipped: {err}", file=sys.stderr)
         return {}

@@ -19,6 +19,6 @@ NOISY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cl
 def quiet_worker() -> None:
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    import ray.data  # noqa: PLC0415
+    import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -26,7 +26,7 @@ class NonFiniteError(ValueError):
 
 
 def _any_rank(bad: bool, device: torch.device) -> bool:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return bad
@@ -88,7 +88,7 @@ class NonFiniteGuard:
 
 def nonfinite_guard(cfg: Any, counts: Callable[[], Counter[str]]) -> NonFiniteGuard:
     """The guard of a run configured by ``cfg`` (a ``TrainConfig``), counting into ``counts()``."""
-    from reldrop.regularizers import REGULARIZERS  # noqa: PLC0415
+    from reldrop.regularizers import REGULARIZERS
 
     method = cfg.regularizer if cfg.regularizer != "none" else f"{cfg.augment} ({cfg.mode})"
     lam = None

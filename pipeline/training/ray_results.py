@@ -21,7 +21,7 @@ PREFIX = "reldrop-"
 
 def clear_previous_runs(storage: str, keep: str) -> list[str]:
     """Remove ``storage/reldrop-*`` folders other than ``keep`` (any fsspec URL); return them."""
-    from reldrop.pipeline.data.fs import resolve  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import resolve
 
     fs, root = resolve(storage)
     if not fs.exists(root):

@@ -34,7 +34,7 @@ class StepOutcome:
 
 def global_rows(rows: int, device: torch.device) -> int:
     """Rows kept on all ranks together (``rows`` itself without a process group)."""
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rows
@@ -44,7 +44,7 @@ def global_rows(rows: int, device: torch.device) -> int:
 
 
 def _world() -> int:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -58,12 +58,13 @@ def train_step(
     masks: torch.Tensor | None,
     *,
     placeholder: torch.Tensor,
-    clip_grad_norm: float | None = None,
     guard: NonFiniteGuard | None = None,
 ) -> StepOutcome:
     """Train on ``x, y`` (possibly empty); see the module docstring. ``placeholder`` is one
     input row of the right shape for a zero-weight step. ``guard`` judges a non-finite loss
-    or gradient before the update (stop the run, or skip this step: ``stepped`` False)."""
+    or gradient before the update (stop the run, or skip this step: ``stepped`` False).
+    Gradients are clipped as the regularizer says
+    (:meth:`~reldrop.regularizers.Regularizer.clip_gradients`)."""
     rows = int(y.shape[0])
     total = global_rows(rows, x.device if rows else placeholder.device)
     if total == 0:
@@ -84,7 +85,6 @@ def train_step(
         loss_sum, correct = 0.0, 0
     if guard is not None and not guard.allows(loss_sum, model, placeholder.device):
         return StepOutcome(False, 0.0, 0, 0)
-    if clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    regularizer.clip_gradients(model)
     optimizer.step()
     return StepOutcome(True, loss_sum, correct, rows)

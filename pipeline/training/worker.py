@@ -24,6 +24,7 @@ from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
 from reldrop.keyed import sample_seeds
 from reldrop.occlusion import Occluder
+from reldrop.optimizers import make_optimizer
 from reldrop.pipeline.data.stream import data_error, model_inputs
 from reldrop.pipeline.explanation.handoff import Handoff
 from reldrop.pipeline.simulated import SimulatedDevice, padded
@@ -68,8 +69,8 @@ class _Worker:
 
 
 def _setup(loop_config: dict[str, Any]) -> _Worker:
-    import ray.train  # noqa: PLC0415
-    import ray.train.torch  # noqa: PLC0415
+    import ray.train
+    import ray.train.torch
 
     cfg = TrainConfig.from_json(loop_config["config"])
     spec = ModelSpec.from_json(loop_config["spec"])
@@ -83,7 +84,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     w = _Worker(
         cfg=cfg, spec=spec, rank=rank, world=world, model=model, inner=inner,
         device=ray.train.torch.get_device(),
-        optimizer=torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4),
+        optimizer=make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr),
         regularizer=make_regularizer(cfg.regularizer, lam=cfg.reg_lambda,
                                      bounds=spec.normalization.bounds(), **cfg.regularizer_params()),
         occluder=Occluder(cfg.occlusion()),
@@ -102,7 +103,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
 
 def _handoff(w: _Worker, loop_config: dict[str, Any]) -> Handoff:
     """This rank's hand-off to its own explainers (started once per run by the driver)."""
-    from reldrop.pipeline.explanation.pool import RayTransport, explainers_of_rank  # noqa: PLC0415
+    from reldrop.pipeline.explanation.pool import RayTransport, explainers_of_rank
 
     actors = explainers_of_rank(loop_config["run_id"], count=loop_config["explainers"],
                                 rank=w.rank, world=w.world)
@@ -177,7 +178,6 @@ def _train_batch(w: _Worker, batch: dict[str, Any], epoch: int, totals: dict[str
     with padded(w.device_model.step_s()):
         outcome = train_step(w.model, w.optimizer, w.regularizer, x, y, masks,
                              placeholder=x[:1] if len(y) else _placeholder(w, batch),
-                             clip_grad_norm=getattr(w.regularizer, "clip_grad_norm", None),
                              guard=w.nonfinite and w.nonfinite.at(epoch=epoch, step=w.state.step + 1))
     if not outcome.stepped:
         return
@@ -261,7 +261,7 @@ def _gather(w: _Worker, item: Any) -> list[Any]:
     """``item`` of every rank, in rank order (one all-gather; no collective with one rank)."""
     if w.world == 1:
         return [item]
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
     gathered: list[Any] = [None] * w.world
     dist.all_gather_object(gathered, item)
@@ -289,7 +289,7 @@ def _report_epoch(w: _Worker, record: dict[str, Any], final: bool) -> None:
     """Report the epoch's flat metrics with a checkpoint: rank 0 writes the model, the
     optimiser and every rank's counts; after the last epoch also every rank's summary
     (``workers.json``), which the driver reads from the final checkpoint."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     ranks = _gather(w, accounting_json(w.accounting, w.state))
     summaries = _gather(w, _summary(w).to_json()) if final else None
@@ -306,7 +306,7 @@ def _report_epoch(w: _Worker, record: dict[str, Any], final: bool) -> None:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker`` for :func:`~reldrop.pipeline.training.driver.run_training`."""
-    import ray.train  # noqa: PLC0415
+    import ray.train
 
     w = _setup(loop_config)
     load_train_state(ray.train.get_checkpoint(), w.inner, w.optimizer, w.state, w.accounting,

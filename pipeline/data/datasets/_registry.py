@@ -117,7 +117,7 @@ def fit_image(image: np.ndarray, size: int | None) -> np.ndarray:
         pad = (size - h) // 2
         widths = [(pad, pad), (pad, pad)] + [(0, 0)] * (image.ndim - 2)
         return np.pad(image, widths)
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)

@@ -177,7 +177,7 @@ class _Progress:
         if not self._show:
             return
         if split not in self._bars:
-            from tqdm.auto import tqdm  # noqa: PLC0415
+            from tqdm.auto import tqdm
 
             self.close()
             self._bars[split] = tqdm(total=self._sizes.get(split), desc=split, unit="sample")

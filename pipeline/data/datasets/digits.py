@@ -22,7 +22,7 @@ __all__: list[str] = []
 @register_dataset("digits")
 def digits(arg: str | None, options: BuildOptions) -> DatasetSource:
     """8x8 digits (0..16 scaled to 0..255), 80/20 train/test, ``--image-size`` resizes."""
-    from sklearn.datasets import load_digits  # noqa: PLC0415
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)

@@ -41,7 +41,7 @@ def _scan(root: Path) -> list[tuple[Path, str]]:
 
 def _open(f: Path, where: str) -> Any:
     """``PIL.Image.open(f)``; an unreadable or oversized image is one error naming the file."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         return Image.open(f)

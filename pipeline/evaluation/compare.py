@@ -10,7 +10,7 @@ training runs on Ray (Ray Data + Ray Train) through :func:`reldrop.pipeline.trai
 
 The figures of a run (:data:`METRICS`): in-distribution and out-of-distribution accuracy of the
 final model on the full test splits (DecoyMNIST: ``test-id`` keeps the class-encoding swatch,
-``test`` randomises it, Ross et al. 2017), and from :func:`reldrop.pipeline.studies.evaluate.evaluate_checkpoint`
+``test`` randomises it, Ross et al. 2017), and from :func:`reldrop.pipeline.evaluation.evaluate.evaluate_checkpoint`
 on ``test-id`` with the digit masks: the area under the relevance-ordered occlusion curve
 (lower = the model relies on what its relevance points at) and the share of positive relevance
 inside the mask (higher = the model looks at the digit, not the swatch). Time per epoch is the
@@ -121,7 +121,7 @@ class CompareConfig:
     def urls(self) -> tuple[str, str, str]:
         """(train, in-distribution test, out-of-distribution test) shard URLs."""
         if self.data is None:
-            from reldrop.pipeline.training.driver import default_data  # noqa: PLC0415 (builds the demo data once)
+            from reldrop.pipeline.training.driver import default_data  # builds the demo data once
 
             return default_data(0)
         root = self.data.rstrip("/")
@@ -137,7 +137,7 @@ class CompareConfig:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    from reldrop.pipeline.training.report import json_safe  # noqa: PLC0415 (NaN -> null)
+    from reldrop.pipeline.training.report import json_safe  # NaN -> null
 
     path.write_text(json.dumps(json_safe(value), indent=2, allow_nan=False) + "\n")
 
@@ -153,8 +153,8 @@ def run_method(
     method: str, seed: int, cfg: CompareConfig, urls: tuple[str, str, str], **train_kwargs: Any
 ) -> dict[str, Any]:
     """Train ``method`` with ``seed``, evaluate its final checkpoint; return the run record."""
-    from reldrop.pipeline.studies.evaluate import evaluate_checkpoint  # noqa: PLC0415
-    from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415
+    from reldrop.pipeline.evaluation.evaluate import evaluate_checkpoint
+    from reldrop.pipeline.training.driver import run_training
 
     out = Path(cfg.out) / "runs" / method / f"seed{seed}"
     train, test, ood = urls
@@ -253,12 +253,12 @@ def _markdown(cfg: CompareConfig, urls: Sequence[str], table: str, failed: Seque
 
 def _plot(summary: Mapping[str, Mapping[str, Mapping[str, Any]]], path: Path) -> str | None:
     try:
-        from reldrop.plots import plot_comparison_bars  # noqa: PLC0415 (needs the plots extra)
+        from reldrop.plots import plot_comparison_bars  # needs the plots extra
 
         table = {m: {METRICS[k]: row[k]["mean"] for k in _PLOTTED} for m, row in summary.items()}
         return str(plot_comparison_bars(table, path, title="mean over seeds"))
     except ImportError as err:  # pragma: no cover - depends on the environment
-        import warnings  # noqa: PLC0415
+        import warnings
 
         warnings.warn(f"no comparison plot written: {err}", stacklevel=2)
         return None
@@ -271,9 +271,9 @@ def _parallel_runs(
     """Each run as a Ray task (its trainer, reads and explainers take the resources), at most
     ``cfg.parallel`` at a time; explainer CPUs are sized from a 1/parallel share of the cluster
     so that concurrent runs cannot starve each other's reads (two deadlocks measured on 2-CPU machines)."""
-    import ray  # noqa: PLC0415
+    import ray
 
-    from reldrop.pipeline.training.driver import READ_CPUS, init_ray  # noqa: PLC0415
+    from reldrop.pipeline.training.driver import READ_CPUS, init_ray
 
     init_ray(cfg.base_train_config())
     share = float(ray.cluster_resources().get("CPU", 0)) / cfg.parallel

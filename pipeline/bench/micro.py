@@ -76,26 +76,26 @@ def train_steps(
     spec: ModelSpec, *, batch: int, threads: int, size: int = 28, iters: int = 20, warmup: int = 3,
     augment: str = "none", device: str = "cpu", lr: float = 0.05,
 ) -> dict[str, Any]:
-    """Seconds per training step of the trainer's step (plain CE, SGD as in ``reldrop.pipeline.training.worker``),
-    with in-loop RelDrop first when ``augment`` is not ``"none"`` (the ``sync`` mode)."""
-    from reldrop.augment import RelDrop  # noqa: PLC0415
-    from reldrop.regularizers import make_regularizer  # noqa: PLC0415
+    """Seconds per training step: the trainer's own step (:func:`~reldrop.pipeline.training.step.
+    train_step`, plain CE, the default SGD), with in-loop RelDrop first when ``augment`` is not
+    ``"none"`` (the ``sync`` mode)."""
+    from reldrop.augment import RelDrop
+    from reldrop.optimizers import make_optimizer
+    from reldrop.pipeline.training.step import train_step
+    from reldrop.regularizers import make_regularizer
 
     dev = torch.device(device)
     with torch_threads(threads):
         torch.manual_seed(0)
         model = spec.build().to(dev).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        optimizer = make_optimizer("sgd", model.parameters(), lr=lr)
         regularizer = make_regularizer("none", lam=None)
         in_loop = RelDrop(model, augment, bounds=spec.normalization.bounds(), seed=0) if augment != "none" else None
         x, y = _inputs(spec, batch, size, dev)
 
         def step() -> None:
             inputs = in_loop(x, y).inputs if in_loop is not None else x
-            out = regularizer(model, inputs, y, None)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            train_step(model, optimizer, regularizer, inputs, y, None, placeholder=inputs[:1])
 
         times = _timed(step, iters=iters, warmup=warmup, device=dev)
     return {

@@ -47,7 +47,7 @@ def explainer_rates(stats: dict[str, dict[str, float]]) -> dict[str, Any] | None
 
 def pipeline_run(base: TrainConfig, name: str, out: Path, **changes: Any) -> dict[str, Any]:
     """One ``run_training`` call; the figures the benchmark reads from its report."""
-    from reldrop.pipeline.training.driver import run_training  # noqa: PLC0415 (imports Ray)
+    from reldrop.pipeline.training.driver import run_training  # imports Ray
 
     cfg = replace(base, out=str(out / name), **changes)
     start = time.perf_counter()

@@ -47,9 +47,9 @@ def make_bench_shards(
 
 def _old_path(plan: DataPlan, *, read_cpus: float, rows_per_block: int | None) -> Any:
     """The read this module compares against: ``read_webdataset`` + a per-row decoder."""
-    import ray  # noqa: PLC0415
+    import ray
 
-    from reldrop.pipeline.data.fs import arrow_filesystem  # noqa: PLC0415
+    from reldrop.pipeline.data.fs import arrow_filesystem
 
     fs, _ = arrow_filesystem(plan.urls[0])
     ds = ray.data.read_webdataset(
@@ -112,7 +112,7 @@ def measure_data_path(
     ``root``: an existing dataset (its ``train`` split); ``None`` writes ``rows`` random images
     of ``shape`` to a temporary folder first. Starts a local Ray if none is running.
     """
-    import ray  # noqa: PLC0415
+    import ray
 
     unknown = [p for p in paths if p not in PATHS]
     if unknown or repeats < 1:
@@ -143,7 +143,7 @@ def measure_data_path(
     return result
 
 
-if __name__ == "__main__":  # python -m reldrop.pipeline.studies.bench.data_path
+if __name__ == "__main__":  # python -m reldrop.pipeline.bench.data_path
     import json
     import sys
 

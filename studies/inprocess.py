@@ -2,17 +2,18 @@
 hyperparameter search over many small runs.
 
 The data are shard splits loaded into memory once (:class:`SplitData`); a run (:class:`RunSpec`)
-is a model trained with SGD (momentum 0.9, weight decay 5e-4, as the Ray trainer) with either a
-trainer-side regularizer (:mod:`reldrop.regularizers`) or an in-loop occlusion
-(:class:`reldrop.augment.RelDrop`, keyed per-sample randomness), then its accuracy on every
-split. Mini-batches are drawn from a generator seeded with the run's seed.
+is a model trained with either a trainer-side regularizer (:mod:`reldrop.regularizers`) or an
+in-loop occlusion (:class:`reldrop.augment.RelDrop`, keyed per-sample randomness), then its
+accuracy on every split. It shares the Ray trainer's parts: the optimisers of
+:mod:`reldrop.optimizers`, the normalisation estimate, the step (with the regularizer's gradient
+clipping). Mini-batches are drawn from a generator seeded with the run's seed.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +26,12 @@ from reldrop.augment import RelDrop
 from reldrop.checkpoint import ModelSpec
 from reldrop.normalization import Normalization
 from reldrop.occlusion import OcclusionResult
-from reldrop.pipeline.studies.lag import WeightLag
+from reldrop.optimizers import OPTIMIZERS, make_optimizer
+from reldrop.pipeline.training.step import train_step
 from reldrop.regularizers import make_regularizer
+from studies.lag import WeightLag
 
-__all__ = ["OPTIMIZERS", "STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits",
+__all__ = ["STUDY_SPLITS", "RunSpec", "SplitData", "accuracy_of", "load_splits",
            "load_study_data", "mean_std", "measure_run", "occlusion_figures",
            "train_in_process"]
 
@@ -48,7 +51,7 @@ class SplitData:
 
 def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None) -> dict[str, SplitData]:
     """Read ``splits`` of the shard dataset at ``root`` (at most ``limit`` samples each)."""
-    from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415 (torch is heavy)
+    from reldrop.pipeline.data.read import iter_samples  # torch is heavy
 
     out: dict[str, SplitData] = {}
     for split in splits:
@@ -62,11 +65,11 @@ def load_splits(root: str, splits: tuple[str, ...], *, limit: int | None = None)
             keys.append(str(sample.get("__key__", sample.get("key", f"{split}-{i}"))))
         if not images:
             raise ValueError(f"{root}#{split} holds no samples")
-        have = all(m is not None for m in masks)
+        present = [m for m in masks if m is not None]
         out[split] = SplitData(
             images=torch.from_numpy(np.stack(images)),
             labels=torch.tensor(labels, dtype=torch.long),
-            masks=torch.from_numpy(np.stack(masks)).float() if have else None,
+            masks=torch.from_numpy(np.stack(present)).float() if len(present) == len(masks) else None,
             keys=tuple(keys),
         )
     return out
@@ -80,8 +83,8 @@ STUDY_SPLITS = ("train", "val", "test-id", "test-ood")
 def load_study_data(root: str, *, limit: int | None, study: str) -> tuple[dict[str, SplitData], int]:
     """The splits a study selects and scores on (train, val, test-id, test-ood) and the class
     count; a dataset without them is one line naming what it has and how to make one."""
-    from reldrop.pipeline.data.manifest import read_manifest  # noqa: PLC0415
-    from reldrop.pipeline.data.plan import resolve_split  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import read_manifest
+    from reldrop.pipeline.data.plan import resolve_split
 
     manifest = read_manifest(root)
     missing = []
@@ -104,12 +107,6 @@ def mean_std(values: Sequence[float | None]) -> dict[str, float | int | None]:
             "std": statistics.stdev(vals) if len(vals) > 1 else None, "n": len(vals)}
 
 
-OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4),
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-}
-
-
 @dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """A run: ``regularizer`` (+ ``lam``, ``params``) or ``augment`` (+ occlusion ``params``)."""
@@ -122,11 +119,11 @@ class RunSpec:
     epochs: int = 3
     batch_size: int = 64
     lr: float = 0.05
-    #: ``sgd`` (momentum 0.9, weight decay 5e-4, as ``reldrop train``) or ``adam`` (no weight
-    #: decay; Viviano et al.'s synthetic-task configuration trains with Adam at lr 1e-4)
+    #: a name of :data:`reldrop.optimizers.OPTIMIZERS`: ``sgd`` (``reldrop train``'s default) or
+    #: ``adam`` (Viviano et al.'s synthetic-task configuration trains with Adam at lr 1e-4)
     optimizer: str = "sgd"
     composite: str = "reference"
-    #: stale relevance (see :class:`~reldrop.pipeline.studies.lag.WeightLag`): explain each
+    #: stale relevance (see :class:`~studies.lag.WeightLag`): explain each
     #: batch ``lag`` steps before training on it, with weights published every ``publish_every``
     #: steps; 0 and 1 are the in-loop (sync) method
     lag: int = 0
@@ -141,8 +138,7 @@ class RunSpec:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}: "
                              "expected positive values")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}; expected one of {list(OPTIMIZERS)}")
+        OPTIMIZERS.get(self.optimizer)  # an unknown name: one line naming the known ones
         if self.lag < 0 or self.publish_every < 1:
             raise ValueError(f"lag={self.lag}, publish_every={self.publish_every}: expected "
                              "lag >= 0 and publish_every >= 1")
@@ -150,13 +146,6 @@ class RunSpec:
     @property
     def stale(self) -> bool:
         return self.augment != "none" and (self.lag > 0 or self.publish_every > 1)
-
-
-def _normalization(train: SplitData) -> Normalization:
-    data = train.images[:512].double() / 255.0
-    mean = tuple(float(v) for v in data.mean(dim=(0, 2, 3)))
-    std = tuple(max(float(v), 1e-3) for v in data.std(dim=(0, 2, 3), unbiased=False))
-    return Normalization(mean=mean, std=std)
 
 
 def accuracy_of(model: nn.Module, data: SplitData, normalization: Normalization) -> float:
@@ -224,11 +213,11 @@ def train_in_process(
     ``info``, if given, receives the staleness of a lagged run (mean and max, in steps) and,
     with ``spec.agreement``, the mean IoU of its drop masks with the live weights'."""
     torch.manual_seed(seed)
-    normalization = _normalization(train)
+    normalization = Normalization.estimate(train.images[:512])  # as reldrop train estimates it
     mspec = ModelSpec(name=spec.model, in_channels=int(train.images.shape[1]),
                       num_classes=num_classes, normalization=normalization)
     model = mspec.build()
-    optimizer = OPTIMIZERS[spec.optimizer](model.parameters(), spec.lr)
+    optimizer = make_optimizer(spec.optimizer, model.parameters(), lr=spec.lr)
     bounds = normalization.bounds()
     regularizer = make_regularizer(spec.regularizer, lam=spec.lam, bounds=bounds,
                                    **(dict(spec.params) if spec.regularizer != "none" else {}))
@@ -251,11 +240,7 @@ def train_in_process(
             if augment is not None:
                 keys = [train.keys[i] for i in idx.tolist()]
                 x = _occlude(augment, lag, step, x, y, keys, epoch, ious if spec.agreement else None)
-            out = regularizer(model, x, y, masks)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            regularizer.clip_gradients(model)
-            optimizer.step()
+            train_step(model, optimizer, regularizer, x, y, masks, placeholder=x[:1])
             step += 1
     if info is not None and lag is not None:
         info.update(staleness_mean=sum(lag.staleness) / len(lag.staleness),
@@ -271,7 +256,7 @@ def occlusion_figures(
 ) -> dict[str, float | None]:
     """Occlusion AUCs (relevance and random order, their gap), mask relevance share and the
     features holding half the relevance mass, on the first ``limit`` samples of ``data``."""
-    from reldrop.evaluation import evaluate  # noqa: PLC0415
+    from reldrop.evaluation import evaluate
 
     n = min(limit, len(data))
     x = spec.normalization.to_model(data.images[:n])

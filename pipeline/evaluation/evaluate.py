@@ -102,9 +102,9 @@ def _preflight(model: nn.Module, spec: ModelSpec, checkpoint: str | Path,
                data: Iterable[Data | None], decode: DecodeOptions | None) -> None:
     """Checkpoint against each data set's schema (manifest, or the first shard of plain
     WebDataset shards), before the samples are read."""
-    from reldrop.pipeline.data.manifest import has_manifest  # noqa: PLC0415
-    from reldrop.pipeline.data.plan import plan_split  # noqa: PLC0415
-    from reldrop.pipeline.preflight import check_model_output, check_spec_fits  # noqa: PLC0415
+    from reldrop.pipeline.data.manifest import has_manifest
+    from reldrop.pipeline.data.plan import plan_split
+    from reldrop.pipeline.preflight import check_model_output, check_spec_fits
 
     where = f"checkpoint {str(checkpoint)!r}"
     for url in data:
@@ -121,7 +121,7 @@ def _samples(data: Data, on_error: OnError, decode: DecodeOptions | None
              ) -> tuple[str, Iterable[Any]]:
     if isinstance(data, str):
         root, split = parse_data_url(data, DEFAULT_SPLIT)
-        from reldrop.pipeline.data.read import iter_samples  # noqa: PLC0415 (torch is heavy)
+        from reldrop.pipeline.data.read import iter_samples  # torch is heavy
 
         return f"{root}#{split}", iter_samples(f"{root}#{split}", on_error=on_error, decode=decode)
     return "<samples>", data

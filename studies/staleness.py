@@ -1,10 +1,10 @@
 """The staleness study: how much of in-loop RelDrop's out-of-distribution gain survives when
 the relevance comes from older weights, as in the async pipeline.
 
-For every seed it trains, in this process (:mod:`reldrop.pipeline.studies.inprocess`), the
+For every seed it trains, in this process (:mod:`studies.inprocess`), the
 baseline (no augmentation), in-loop RelDrop (``sync``: relevance from the live weights) and
 RelDrop with relevance as stale as each (bound, publish interval) pair lets it be
-(:class:`~reldrop.pipeline.studies.lag.WeightLag`: explained ``bound - interval + 1`` steps
+(:class:`~studies.lag.WeightLag`: explained ``bound - interval + 1`` steps
 ahead with weights published every ``interval`` steps). Occlusion draws are keyed by
 (seed, epoch, key), so the runs of one seed differ only in the weights that explained each
 batch. The figure per setting is the *retained gain*: (figure of lagged RelDrop - of the
@@ -17,6 +17,7 @@ weights would have given (same keyed draws). Writes
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -25,16 +26,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reldrop.pipeline.studies.inprocess import (
+from reldrop.jobs._args import parse_with_config
+from reldrop.pipeline.data.storage import configure_storage
+from studies._cli import int_list, json_object, record_command, run_study, study_parser, write_table
+from studies.inprocess import (
     RunSpec,
     load_study_data,
     mean_std,
     measure_run,
     occlusion_figures,
 )
-from reldrop.pipeline.studies.lag import delay_for_bound
+from studies.lag import delay_for_bound
 
-__all__ = ["StalenessConfig", "format_staleness_table", "run_staleness_study", "summarize_staleness"]
+__all__ = ["StalenessConfig", "build_parser", "format_staleness_table", "main", "parse_args",
+           "run_staleness_study", "summarize_staleness"]
 
 #: the pipeline's defaults (``--sync-every 2``, gate bound 8 at equal batch sizes)
 PIPELINE_DEFAULT = (8, 2)
@@ -155,7 +160,7 @@ def format_staleness_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _plot(cfg: StalenessConfig, summary: Mapping[str, Mapping[str, Any]], path: Path) -> str | None:
     try:
-        from reldrop.plots import plot_lines  # noqa: PLC0415 (needs the plots extra)
+        from reldrop.plots import plot_lines  # needs the plots extra
     except ImportError:  # pragma: no cover - depends on the environment
         return None
     series = {f"mask IoU, publish every {interval}": [
@@ -203,3 +208,46 @@ def run_staleness_study(cfg: StalenessConfig, *, log: Callable[[str], None] = pr
         f"{cfg.eval_limit} test-id samples (higher: more robust to removing what the model's "
         f"relevance ranks first).\n\n{table}\n")
     return result
+
+
+# --- command line: python -m studies.staleness -------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = study_parser("staleness", __doc__ or "", out="runs/staleness")
+    p.add_argument("--method", default="reldrop-pixel",
+                   choices=("reldrop-pixel", "reldrop-block", "reldrop-patch"),
+                   help="the relevance-guided augmentation studied")
+    p.add_argument("--params", type=json_object, default={},
+                   help="its settings as a JSON object (default: its own defaults)")
+    p.add_argument("--bounds", type=int_list, default=[1, 2, 4, 8, 16],
+                   help="staleness bounds in trainer steps")
+    p.add_argument("--intervals", type=int_list, default=[1, 2, 4],
+                   help="weight publish intervals in trainer steps")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = parse_with_config(build_parser(), argv)
+    record_command("staleness", args, argv)
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_storage(args.storage_options)
+    cfg = StalenessConfig(
+        data=args.data, method=args.method, params=args.params, bounds=tuple(args.bounds),
+        intervals=tuple(args.intervals), seeds=tuple(range(args.seeds)), epochs=args.epochs,
+        batch_size=args.batch_size, limit=args.limit, eval_limit=args.eval_limit, model=args.model,
+        out=args.out,
+    )
+    result = run_staleness_study(cfg, log=lambda line: print(line, flush=True))
+    print(result["table"])
+    write_table(args.table, Path(args.out) / "staleness.md", args.command)
+    print(f"wrote {args.out}/staleness.json, staleness.md"
+          + (", staleness.png" if result["plot"] else "") + f" in {result['wall_s']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_study("staleness", parse_args, main))

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from reldrop.checkpoint import ModelSpec
-from reldrop.pipeline.studies.bench.micro import bare_relevance, train_steps
-from reldrop.pipeline.studies.bench.runs import MODES, median_of, pipeline_run
+from reldrop.pipeline.bench.micro import bare_relevance, train_steps
+from reldrop.pipeline.bench.runs import MODES, median_of, pipeline_run
 from reldrop.pipeline.training.config import TrainConfig
 
 __all__ = ["AHEAD_STEPS", "BenchConfig", "run_bench"]
@@ -94,7 +94,7 @@ class BenchConfig:
 def _data(cfg: BenchConfig, out: Path) -> str:
     if cfg.data:
         return cfg.data
-    from reldrop.pipeline.data.datasets import build_dataset  # noqa: PLC0415
+    from reldrop.pipeline.data.datasets import build_dataset
 
     root = out / "data"
     if not (root / "manifest.parquet").exists():
@@ -183,8 +183,8 @@ def _gpu(cfg: BenchConfig, base: TrainConfig, out: Path, spec: ModelSpec) -> dic
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every section; write ``bench.json`` and ``bench.md`` to ``cfg.out``; return the dict."""
-    from reldrop.pipeline.studies.bench.markdown import render  # noqa: PLC0415
-    from reldrop.pipeline.studies.bench.weight_sync import measure_weight_sync  # noqa: PLC0415
+    from reldrop.pipeline.bench.markdown import render
+    from reldrop.pipeline.bench.weight_sync import measure_weight_sync
 
     start = time.perf_counter()
     out = Path(cfg.out).absolute()

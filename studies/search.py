@@ -2,7 +2,7 @@
 
 Every method gets its own grid (:data:`GRIDS`: weights on a log scale for the regularizers,
 RelDrop's p / alpha / beta), every grid point trains with every seed
-(:func:`reldrop.pipeline.studies.inprocess.train_in_process`), and the winner is chosen on the
+(:func:`studies.inprocess.train_in_process`), and the winner is chosen on the
 **in-distribution validation split only** (``val``; the out-of-distribution ``test`` is never
 looked at for selection). Because a shortcut makes validation accuracy saturate for every
 setting, the rule is: among the grid points whose mean validation accuracy is within ``tol``
@@ -14,6 +14,7 @@ and their difference, mask relevance share, features holding 50 % of the relevan
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -25,7 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from reldrop.pipeline.studies.inprocess import (
+from reldrop.jobs._args import name_list, parse_with_config
+from reldrop.optimizers import OPTIMIZERS
+from reldrop.pipeline.data.storage import configure_storage
+from studies._cli import json_object, record_command, run_study, study_parser, write_table
+from studies.inprocess import (
     RunSpec,
     SplitData,
     load_study_data,
@@ -35,7 +40,7 @@ from reldrop.pipeline.studies.inprocess import (
 )
 
 __all__ = ["GRIDS", "SEARCH_METRICS", "SearchConfig", "format_search_table", "grid_points",
-           "run_search", "select"]
+           "build_parser", "main", "parse_args", "run_search", "select"]
 
 Point = dict[str, Any]
 
@@ -240,3 +245,85 @@ def run_search(cfg: SearchConfig, *, log: Callable[[str], None] = print) -> dict
     result["wall_s"] = time.perf_counter() - start
     (out / "search.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+# --- command line: python -m studies.search ----------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = study_parser("search", __doc__ or "", out="runs/search")
+    p.add_argument("--methods", type=name_list(lambda: GRIDS), default=list(GRIDS),
+                   help="comma-separated method names")
+    p.add_argument("--full", action="store_true", help="the full grids instead of the quick ones")
+    p.add_argument("--tol", type=float, default=0.01,
+                   help="the strongest setting within TOL of the best val accuracy wins")
+    p.add_argument("--optimizer", choices=OPTIMIZERS.names(), default="adam",
+                   help="optimizer of every run (adam: as the gradient penalties' reference "
+                   "code; sgd: momentum 0.9, weight decay 5e-4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every run")
+    p.add_argument("--grid", action="append", default=[], metavar="METHOD=V1,V2",
+                   help="replace METHOD's grid by these values (lambda for a regularizer, p for "
+                   "an augmentation); repeatable")
+    p.add_argument("--options", action="append", default=[], metavar="METHOD=JSON",
+                   help="add these method options to every grid point of METHOD, e.g. "
+                   "gradmask='{\"form\": \"original\"}'; repeatable")
+    return p
+
+
+def _grids(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, list[Point]]:
+    grids: dict[str, list[Point]] = {}
+    for item in items:
+        method, _, values = item.partition("=")
+        key = "lam" if method not in _AUGMENTS else "p"
+        try:
+            grids[method] = [{key: float(v)} for v in values.split(",") if v.strip()]
+        except ValueError:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with numbers")
+        if method not in GRIDS or not grids[method]:
+            parser.error(f"--grid {item!r}: expected METHOD=V1,V2 with METHOD in {list(GRIDS)}")
+    return grids
+
+
+def _with_options(parser: argparse.ArgumentParser, grids: dict[str, list[Point]],
+                  items: Sequence[str], quick: bool) -> dict[str, list[Point]]:
+    """``grids`` with each ``--options METHOD=JSON`` of ``items`` merged into every point of
+    METHOD's grid (the given one or the built-in quick / full one)."""
+    grids = dict(grids)
+    for item in items:
+        method, _, text = item.partition("=")
+        if method not in GRIDS:
+            parser.error(f"--options {item!r}: expected METHOD=JSON with METHOD in {list(GRIDS)}")
+        try:
+            options = json_object(text)
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"--options {method}=...: {err}")
+        grids[method] = [{**point, **options} for point in grid_points(method, quick, grids)]
+    return grids
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parse_with_config(parser, argv)
+    record_command("search", args, argv)
+    args.grid = _with_options(parser, _grids(parser, args.grid), args.options,
+                              quick=not args.full)
+    return args
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_storage(args.storage_options)
+    cfg = SearchConfig(
+        data=args.data, methods=tuple(args.methods), quick=not args.full,
+        seeds=tuple(range(args.seeds)), epochs=args.epochs, limit=args.limit,
+        eval_limit=args.eval_limit, tol=args.tol, model=args.model, out=args.out,
+        grids=args.grid, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size,
+    )
+    result = run_search(cfg, log=lambda line: print(line, flush=True))
+    print(result["table"])
+    write_table(args.table, Path(args.out) / "search.md", args.command)
+    print(f"wrote {args.out}/search.json, {args.out}/search.md in {result['wall_s']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_study("search", parse_args, main))
