@@ -31,8 +31,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> int:
-    from reldrop.pipeline.job_configs import EvaluateConfig, from_namespace
     from reldrop.pipeline.evaluation.evaluate import evaluate_checkpoint  # heavy import
+    from reldrop.pipeline.job_configs import EvaluateConfig, from_namespace
 
     configure_storage(args.storage_options)
     cfg = from_namespace(EvaluateConfig, args)

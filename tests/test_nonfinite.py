@@ -77,13 +77,15 @@ def test_finite_steps_pass_and_policy_is_checked() -> None:
 def test_input_gradient_penalties_train_stably_with_defaults(tmp_path, method) -> None:
     """GradMask with defaults on viviano-synthetic reached NaN by step 5 (SGD lr 0.05, batch
     32; the reference trains with Adam); with the default clipping every step stays finite."""
+    from reldrop.normalization import Normalization
+    from reldrop.optimizers import make_optimizer
     from reldrop.pipeline.data.datasets import build_dataset
-    from studies.inprocess import _normalization, load_splits
+    from studies.inprocess import load_splits
 
     root = str(tmp_path / "viv")
     build_dataset("viviano-synthetic", root, limit=160, progress=False)
     train = load_splits(root, ("train",), limit=160)["train"]
-    norm = _normalization(train)
+    norm = Normalization.estimate(train.images[:512])
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -92,15 +94,14 @@ def test_input_gradient_penalties_train_stably_with_defaults(tmp_path, method) -
 
         model = build_model("small-cnn", in_channels=1, num_classes=2)
         cfg = TrainConfig(regularizer=method, batch_size=32)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=5e-4)
+        opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr)
         reg = make_regularizer(method, bounds=norm.bounds(), **cfg.regularizer_params())
         guard = nonfinite_guard(cfg, Counter)
         for step in range(10):
             idx = torch.arange(step * 32, step * 32 + 32) % len(train)
             x = norm.to_model(train.images[idx])
             out = train_step(model, opt, reg, x, train.labels[idx], train.masks[idx],
-                             placeholder=x[:1], clip_grad_norm=reg.clip_grad_norm,
-                             guard=guard.at(epoch=0, step=step + 1))
+                             placeholder=x[:1], guard=guard.at(epoch=0, step=step + 1))
             assert out.stepped and out.loss_sum == out.loss_sum  # finite: the guard would raise
     finally:
         torch.set_num_threads(threads)

@@ -88,7 +88,7 @@ def test_quick_search_end_to_end(tmp_path, capsys) -> None:
     result = json.loads((out / "search.json").read_text())
     assert result["config"]["optimizer"] == "adam" and result["config"]["lr"] == 0.001  # defaults
     assert result["config"]["batch_size"] == 16
-    assert result["sizes"] == {"train": 57, "val": 14, "test-id": 14, "test": 14}
+    assert result["sizes"] == {"train": 57, "val": 14, "test-id": 14, "test-ood": 14}
     gm = result["methods"][1]
     assert gm["method"] == "gradmask" and len(gm["grid"]) == len(grid_points("gradmask", True))
     assert gm["winner"] == gm["grid"][select(gm["grid"], 0.01)]["point"]

@@ -140,7 +140,8 @@ class TrainConfig:
         "rrr 1.0; 0: off)")
     # optimisation
     optimizer: str = option("sgd", "optimisation", "sgd (momentum 0.9, weight decay 5e-4) or "
-                            "adam (no weight decay)", choices=registry_names("reldrop.optimizers", "OPTIMIZERS"))
+                            "adam (no weight decay)", registry=True,
+                            choices=registry_names("reldrop.optimizers", "OPTIMIZERS"))
     lr: float = option(0.05, "optimisation", "learning rate of the optimizer")
     epochs: int = option(3, "optimisation", "training epochs")
     batch_size: int = option(64, "optimisation", "rows per trainer worker per step")
