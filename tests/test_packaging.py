@@ -61,9 +61,12 @@ def _bare_venv(where: Path) -> tuple[Path, Path]:
 
 
 def _pip(*args: str) -> None:
+    """pip of this interpreter installing elsewhere; ``--ignore-installed`` so that it never
+    uninstalls the project from the running environment (it did: every later subprocess test
+    then failed with ``No module named 'reldrop'``)."""
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                           "--no-build-isolation", *args], capture_output=True, text=True,
-                          timeout=300)
+                           "--no-build-isolation", "--ignore-installed", *args],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
