@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from reldrop.checkpoint import ModelSpec
+from reldrop.pipeline.data.decode import DecodeOptions
 from reldrop.pipeline.data.manifest import Manifest
 
 __all__ = ["check_data_agrees", "check_model_output", "check_spec_fits", "check_training_run"]
@@ -84,17 +85,21 @@ def check_data_agrees(first: Manifest, other: Manifest, *, where: str) -> None:
         )
 
 
-def check_training_run(spec: ModelSpec, manifest: Manifest, others: list[str | None]) -> None:
+def check_training_run(spec: ModelSpec, manifest: Manifest, others: list[str | None],
+                       decode: DecodeOptions | None = None) -> None:
     """Before a training cluster starts: the model builds (a user factory is called once), takes
-    the training data and returns logits; the evaluation sets ``others`` (``ROOT#split`` URLs)
-    hold data of the same kind."""
-    from reldrop.pipeline.data.manifest import read_manifest
-    from reldrop.pipeline.data.stream import parse_data_url
+    the training data and returns logits; the evaluation sets ``others`` (data URLs, with a
+    manifest or plain WebDataset shards decoded with ``decode``) hold data of the same kind."""
+    from reldrop.pipeline.data.manifest import has_manifest
+    from reldrop.pipeline.data.plan import parse_data_url, plan_split
 
     where = f"--model {spec.name!r}"
     check_spec_fits(spec, manifest, where=where)
     check_model_output(spec.build(), spec, manifest.input_shape, where=where)
     for url in others:
         if url:
-            check_data_agrees(manifest, read_manifest(parse_data_url(url, "test")[0]),
-                              where=f"--test/--ood-test {url!r}")
+            # without a manifest the shards cannot say the class count: the training data's
+            classes = None if has_manifest(parse_data_url(url, "test")[0]) else manifest.num_classes
+            other = plan_split(url, "test", on_error="skip", decode=decode,
+                               num_classes=classes).manifest
+            check_data_agrees(manifest, other, where=f"--test/--ood-test {url!r}")

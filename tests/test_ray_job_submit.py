@@ -211,7 +211,7 @@ def test_ray_job_submit_runs_the_cli(ray_head: tuple[str, dict[str, str]]) -> No
     result = _submit(url, env, "sh", "-c", f"python -m reldrop.jobs.cli --help && {listing}")
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "usage: reldrop {make-shards,train" in out
+    assert "usage: reldrop COMMAND" in out and "make-shards" in out
     assert "succeeded" in out
     found = re.search(r"LISTING (\[.*\])", out)
     assert found, out

@@ -197,7 +197,8 @@ def _prepare(cfg: TrainConfig, run_id: str | None, out: Path, remote_out: str | 
     assert cfg.train is not None
     plan = plan_split(cfg.train, "train", on_error=cfg.on_error, decode=cfg.decode_options(), num_classes=cfg.num_classes)
     spec = _spec(cfg, plan)
-    check_training_run(spec, plan.manifest, [cfg.test, cfg.ood_test])  # before Ray starts
+    check_training_run(spec, plan.manifest, [cfg.test, cfg.ood_test],  # before Ray starts
+                       decode=cfg.decode_options())
     init_ray(cfg)
     totals = ray.cluster_resources()
     res = plan_resources(cfg, cluster_cpus=float(totals.get("CPU", 1)),
